@@ -1,0 +1,276 @@
+#include "kv_cache_core.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace blendrt {
+namespace {
+
+std::string seq_name(int64_t seq_id) { return "sequence " + std::to_string(seq_id); }
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+KVCacheCore::KVCacheCore(int32_t num_pages, uint64_t hash_seed)
+    : allocator_(num_pages), index_(num_pages) {
+  if (hash_seed == 0) {
+    std::random_device rd;
+    key_.k0 = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+    key_.k1 = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  } else {
+    key_.k0 = splitmix64(hash_seed);
+    key_.k1 = splitmix64(key_.k0);
+  }
+}
+
+int32_t KVCacheCore::register_member(const std::string& name, int32_t tokens_per_page) {
+  if (name.empty()) throw std::invalid_argument("member name must not be empty");
+  if (tokens_per_page <= 0) {
+    throw std::invalid_argument("member '" + name + "': tokens_per_page must be positive, got " +
+                                std::to_string(tokens_per_page));
+  }
+  if (static_cast<int64_t>(allocator_.num_pages()) * tokens_per_page > INT32_MAX) {
+    throw std::invalid_argument("member '" + name + "': num_pages * tokens_per_page overflows " +
+                                "int32 slot ids; use larger pages or a smaller pool");
+  }
+  if (member_ids_.count(name)) {
+    throw std::invalid_argument("member '" + name + "' is already registered");
+  }
+  MemberInfo info;
+  info.name = name;
+  info.tokens_per_page = tokens_per_page;
+  // NOTE: the chain's root names the member, so identical token ids of two members never
+  // map to the same key: members never share pages.
+  const std::string tagged = "blendrt.member:" + name;
+  info.root = siphash128(tagged.data(), tagged.size(), key_);
+  const auto id = static_cast<int32_t>(members_.size());
+  members_.push_back(std::move(info));
+  member_ids_.emplace(name, id);
+  return id;
+}
+
+const MemberInfo& KVCacheCore::member(int32_t member_id) const {
+  if (member_id < 0 || member_id >= num_members()) {
+    throw NotFoundError("unknown member id " + std::to_string(member_id) + " (" +
+                        std::to_string(num_members()) + " registered)");
+  }
+  return members_[member_id];
+}
+
+Sequence& KVCacheCore::seq(int64_t seq_id) {
+  auto it = seqs_.find(seq_id);
+  if (it == seqs_.end()) {
+    throw NotFoundError("unknown " + seq_name(seq_id) + " (never added, or already freed)");
+  }
+  return it->second;
+}
+
+const Sequence& KVCacheCore::sequence(int64_t seq_id) const {
+  return const_cast<KVCacheCore*>(this)->seq(seq_id);
+}
+
+void KVCacheCore::add_sequence(int64_t seq_id, int32_t member_id, const int32_t* token_ids,
+                               size_t n) {
+  member(member_id);  // validates
+  if (seqs_.count(seq_id)) throw std::invalid_argument(seq_name(seq_id) + " already exists");
+  if (n == 0) throw std::invalid_argument(seq_name(seq_id) + ": token_ids must not be empty");
+  if (n > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    throw std::invalid_argument(seq_name(seq_id) + ": too many tokens");
+  }
+  Sequence s;
+  s.member = member_id;
+  s.token_ids.assign(token_ids, token_ids + n);
+  seqs_.emplace(seq_id, std::move(s));
+  ++members_[member_id].num_sequences;
+}
+
+void KVCacheCore::append_tokens(int64_t seq_id, const int32_t* token_ids, size_t n) {
+  Sequence& s = seq(seq_id);
+  if (s.token_ids.size() + n > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    throw std::invalid_argument(seq_name(seq_id) + ": too many tokens");
+  }
+  s.token_ids.insert(s.token_ids.end(), token_ids, token_ids + n);
+}
+
+void KVCacheCore::memoize_keys(Sequence& s, int32_t num_pages) {
+  const int32_t tpp = members_[s.member].tokens_per_page;
+  while (static_cast<int32_t>(s.page_keys.size()) < num_pages) {
+    const size_t i = s.page_keys.size();
+    const Hash128& parent = i == 0 ? members_[s.member].root : s.page_keys[i - 1];
+    s.page_keys.push_back(chain_hash(parent, s.token_ids.data() + i * tpp, tpp, key_));
+  }
+}
+
+std::vector<int32_t> KVCacheCore::lookup(Sequence& s) {
+  const int32_t tpp = members_[s.member].tokens_per_page;
+  // NOTE: at least the last known token is always computed: its logits are needed.
+  const auto max_pages = static_cast<int32_t>((s.token_ids.size() - 1) / tpp);
+  std::vector<int32_t> hits;
+  for (int32_t i = 0; i < max_pages; ++i) {
+    memoize_keys(s, i + 1);
+    const int32_t page = index_.find(s.page_keys[i]);
+    if (page < 0) break;
+    hits.push_back(page);
+  }
+  return hits;
+}
+
+int32_t KVCacheCore::num_cached_tokens(int64_t seq_id) {
+  Sequence& s = seq(seq_id);
+  if (s.has_allocated) return 0;
+  return static_cast<int32_t>(lookup(s).size()) * members_[s.member].tokens_per_page;
+}
+
+KVCacheCore::Plan KVCacheCore::plan(Sequence& s, int32_t num_new_tokens) {
+  if (num_new_tokens < 0) {
+    throw std::invalid_argument("num_new_tokens must be >= 0, got " +
+                                std::to_string(num_new_tokens));
+  }
+  const int32_t tpp = members_[s.member].tokens_per_page;
+  Plan p;
+  int64_t num_computed = s.num_computed_tokens;
+  int64_t num_held = static_cast<int64_t>(s.block_table.size());
+  if (!s.has_allocated) {
+    p.hits = lookup(s);
+    num_computed = static_cast<int64_t>(p.hits.size()) * tpp;
+    num_held = static_cast<int64_t>(p.hits.size());
+  }
+  const int64_t num_tokens = num_computed + num_new_tokens;
+  if (num_tokens > static_cast<int64_t>(s.token_ids.size())) {
+    throw std::invalid_argument("cannot allocate " + std::to_string(num_new_tokens) +
+                                " new tokens: only " +
+                                std::to_string(s.token_ids.size() - num_computed) +
+                                " known tokens are not computed yet");
+  }
+  const int64_t num_pages = ceil_div(num_tokens, tpp);
+  if (num_pages > allocator_.num_pages()) {
+    throw std::invalid_argument("a sequence of " + std::to_string(num_tokens) +
+                                " tokens needs " + std::to_string(num_pages) +
+                                " pages but the pool has only " +
+                                std::to_string(allocator_.num_pages()));
+  }
+  p.num_new_pages = static_cast<int32_t>(std::max<int64_t>(0, num_pages - num_held));
+  p.num_available = allocator_.num_available();
+  for (int32_t page : p.hits) {
+    if (allocator_.is_evictable(page)) --p.num_available;  // taking it removes it from the LRU
+  }
+  return p;
+}
+
+bool KVCacheCore::can_allocate(int64_t seq_id, int32_t num_new_tokens) {
+  const Plan p = plan(seq(seq_id), num_new_tokens);
+  return p.num_new_pages <= p.num_available;
+}
+
+bool KVCacheCore::allocate(int64_t seq_id, int32_t num_new_tokens) {
+  Sequence& s = seq(seq_id);
+  const Plan p = plan(s, num_new_tokens);
+  if (p.num_new_pages > p.num_available) return false;
+  MemberInfo& m = members_[s.member];
+  if (!s.has_allocated) {
+    // NOTE: hits are referenced before new pages are taken, so taking cannot evict them.
+    for (int32_t page : p.hits) {
+      allocator_.ref(page);
+      s.block_table.push_back(page);
+    }
+    const int32_t num_hit_tokens = static_cast<int32_t>(p.hits.size()) * m.tokens_per_page;
+    s.num_computed_tokens = num_hit_tokens;
+    s.num_registered_pages = static_cast<int32_t>(p.hits.size());
+    s.has_allocated = true;
+    m.hit_tokens += num_hit_tokens;
+    m.miss_tokens += static_cast<int64_t>(s.token_ids.size()) - num_hit_tokens;
+  }
+  for (int32_t i = 0; i < p.num_new_pages; ++i) {
+    bool evicted = false;
+    const int32_t page = allocator_.take(s.member, &evicted);
+    if (evicted) index_.erase_page(page);
+    s.block_table.push_back(page);
+  }
+  return true;
+}
+
+void KVCacheCore::commit(int64_t seq_id, int32_t num_tokens) {
+  Sequence& s = seq(seq_id);
+  const int32_t tpp = members_[s.member].tokens_per_page;
+  const int64_t num_computed = static_cast<int64_t>(s.num_computed_tokens) + num_tokens;
+  const int64_t capacity = static_cast<int64_t>(s.block_table.size()) * tpp;
+  if (num_tokens < 0 || num_computed > capacity ||
+      num_computed > static_cast<int64_t>(s.token_ids.size())) {
+    throw std::invalid_argument("cannot commit " + std::to_string(num_tokens) + " tokens to " +
+                                seq_name(seq_id) + ": " + std::to_string(s.num_computed_tokens) +
+                                " computed, " + std::to_string(capacity) + " allocated, " +
+                                std::to_string(s.token_ids.size()) + " known");
+  }
+  s.num_computed_tokens = static_cast<int32_t>(num_computed);
+  const auto num_full = static_cast<int32_t>(num_computed / tpp);
+  memoize_keys(s, num_full);
+  for (int32_t i = s.num_registered_pages; i < num_full; ++i) {
+    const int32_t page = s.block_table[i];
+    // NOTE: a page computed twice (two sequences prefilling the same text at once) is
+    // registered once; the duplicate stays uncached and is freed with its sequence.
+    if (index_.insert(s.page_keys[i], page)) allocator_.set_cached(page);
+  }
+  s.num_registered_pages = std::max(s.num_registered_pages, num_full);
+}
+
+void KVCacheCore::free(int64_t seq_id) {
+  Sequence& s = seq(seq_id);
+  // NOTE: released last page first, so within one sequence the LRU queue evicts the tail
+  // of a prefix before its head (a head evicted first would strand the tail).
+  for (auto it = s.block_table.rbegin(); it != s.block_table.rend(); ++it) {
+    allocator_.unref(*it);
+  }
+  --members_[s.member].num_sequences;
+  seqs_.erase(seq_id);
+}
+
+int32_t KVCacheCore::clear_prefix_cache() {
+  int32_t num_evicted = 0;
+  for (int32_t page = allocator_.lru_front(); page >= 0; page = allocator_.lru_front()) {
+    index_.erase_page(page);
+    allocator_.uncache(page);
+    ++num_evicted;
+  }
+  return num_evicted;
+}
+
+void KVCacheCore::check_invariants() const {
+  allocator_.check_invariants();
+  index_.check_invariants();
+  auto fail = [](const std::string& what) { throw std::logic_error("kv cache: " + what); };
+  std::vector<int32_t> refs(allocator_.num_pages(), 0);
+  std::vector<int64_t> live(members_.size(), 0);
+  for (const auto& [id, s] : seqs_) {
+    const int32_t tpp = members_[s.member].tokens_per_page;
+    ++live[s.member];
+    for (int32_t page : s.block_table) {
+      ++refs[page];
+      if (allocator_.owner(page) != s.member) fail("page owned by another member");
+    }
+    if (s.num_computed_tokens > static_cast<int64_t>(s.block_table.size()) * tpp) {
+      fail(seq_name(id) + " computed beyond its pages");
+    }
+  }
+  for (int32_t p = 0; p < allocator_.num_pages(); ++p) {
+    if (refs[p] != allocator_.refcount(p)) {
+      fail("page " + std::to_string(p) + " refcount " + std::to_string(allocator_.refcount(p)) +
+           " != " + std::to_string(refs[p]) + " references");
+    }
+    if (index_.contains_page(p) != allocator_.is_cached(p)) {
+      fail("page " + std::to_string(p) + " cached flag disagrees with the index");
+    }
+  }
+  for (size_t m = 0; m < members_.size(); ++m) {
+    if (live[m] != members_[m].num_sequences) fail("live sequence count mismatch");
+  }
+}
+
+}  // namespace blendrt

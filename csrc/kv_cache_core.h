@@ -1,0 +1,118 @@
+// KVCacheCore: members, sequences and their block tables over the shared page pool, with
+// per-member prefix caching. It manages integers only (page ids, refcounts, keys); the KV
+// bytes live in a torch tensor owned by Python (blendrt/cache/pool.py).
+//
+// A sequence's block table maps its logical pages to physical pages of the pool. With
+// tokens_per_page = 4 and 10 tokens, 6 of them computed:
+//
+//   token ids     | t0 t1 t2 t3 | t4 t5 t6 t7 | t8 t9 .. .. |
+//   logical page  |      0      |      1      |      2      |
+//   block_table   [     17,           4,           42      ]   (any physical page ids)
+//   state         | cached, may | KV written, | partial:    |
+//                 | be shared   | full: reg-  | never       |
+//                 | (refcnt>=1) | istered at  | cached      |
+//                 |             | commit      |             |
+//                             num_computed_tokens = 6 ^
+//
+// Lifecycle: add_sequence(ids) -> allocate(n) [first call reuses the longest cached prefix]
+// -> build_batch -> forward writes KV -> commit(n) [registers newly full pages]
+// -> append_tokens(sampled) -> allocate(1) -> ... -> free() [cached pages go to the LRU queue].
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "hash128.h"
+#include "page_allocator.h"
+#include "prefix_index.h"
+
+namespace blendrt {
+
+// An unknown member or sequence id (KeyError in Python).
+class NotFoundError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct MemberInfo {
+  std::string name;
+  int32_t tokens_per_page = 0;
+  Hash128 root;              // key of the (virtual) page before the first one
+  int64_t hit_tokens = 0;    // prompt tokens served from the prefix cache
+  int64_t miss_tokens = 0;   // prompt tokens that had to be computed
+  int64_t num_sequences = 0; // live sequences
+};
+
+struct Sequence {
+  int32_t member = -1;
+  std::vector<int32_t> token_ids;    // every known token: the prompt, then appended ones
+  std::vector<int32_t> block_table;  // {logical page: physical page_id}
+  std::vector<Hash128> page_keys;    // {logical page: key}, memoised for full pages
+  int32_t num_computed_tokens = 0;   // tokens whose KV is written in the pool
+  int32_t num_registered_pages = 0;  // block_table[:n] were offered to the prefix index
+  bool has_allocated = false;        // the first allocate() consulted the prefix cache
+};
+
+class KVCacheCore {
+ public:
+  // hash_seed = 0 draws a random SipHash key (the default); any other value is reproducible.
+  explicit KVCacheCore(int32_t num_pages, uint64_t hash_seed = 0);
+
+  int32_t register_member(const std::string& name, int32_t tokens_per_page);
+  int32_t num_members() const { return static_cast<int32_t>(members_.size()); }
+  const MemberInfo& member(int32_t member_id) const;
+
+  void add_sequence(int64_t seq_id, int32_t member_id, const int32_t* token_ids, size_t n);
+  void append_tokens(int64_t seq_id, const int32_t* token_ids, size_t n);
+  bool has_sequence(int64_t seq_id) const { return seqs_.count(seq_id) != 0; }
+  const Sequence& sequence(int64_t seq_id) const;
+  size_t num_sequences() const { return seqs_.size(); }
+
+  // Tokens of the sequence's prompt found in the prefix cache: page-aligned, and at least one
+  // token is always left to compute (its logits are needed). 0 once the sequence allocated.
+  int32_t num_cached_tokens(int64_t seq_id);
+  // Whether allocate(seq_id, num_new_tokens) would succeed now.
+  bool can_allocate(int64_t seq_id, int32_t num_new_tokens);
+  // Ensures pages for num_computed_tokens + num_new_tokens tokens. The first call takes the
+  // cached prefix (refcount + 1) and sets num_computed_tokens to its length. Returns false
+  // and changes nothing when too few pages are free or evictable; throws ValueError when the
+  // pool could never hold the sequence.
+  bool allocate(int64_t seq_id, int32_t num_new_tokens);
+  // Marks num_tokens more tokens as computed and registers the pages they fill.
+  void commit(int64_t seq_id, int32_t num_tokens);
+  // Releases the sequence: cached pages go to the LRU queue, the others to the free queue.
+  void free(int64_t seq_id);
+  // Evicts every cached, unreferenced page; returns how many.
+  int32_t clear_prefix_cache();
+
+  int32_t tokens_per_page(int32_t member_id) const { return member(member_id).tokens_per_page; }
+  const PageAllocator& allocator() const { return allocator_; }
+  size_t num_indexed_pages() const { return index_.size(); }
+  // Verifies allocator, index and that refcounts equal block-table references.
+  void check_invariants() const;
+
+ private:
+  Sequence& seq(int64_t seq_id);
+  void memoize_keys(Sequence& s, int32_t num_pages);
+  // Physical pages of the longest cached prefix (capped to leave one token to compute).
+  std::vector<int32_t> lookup(Sequence& s);
+  struct Plan {
+    std::vector<int32_t> hits;  // cached pages to take (first allocation only)
+    int32_t num_new_pages = 0;
+    int32_t num_available = 0;  // pages take() may hand out, hits excluded
+  };
+  Plan plan(Sequence& s, int32_t num_new_tokens);
+
+  PageAllocator allocator_;
+  PrefixIndex index_;
+  SipKey key_;
+  std::vector<MemberInfo> members_;                    // {member_id: info}
+  std::unordered_map<std::string, int32_t> member_ids_; // {name: member_id}
+  std::unordered_map<int64_t, Sequence> seqs_;          // {seq_id: sequence}
+};
+
+}  // namespace blendrt

@@ -1,0 +1,20 @@
+"""Builds blendrt._core, the C++ core (page allocator, prefix index, batch metadata).
+
+There is one implementation of the core: if the compiler fails, the install fails with its
+message. Everything else about the package lives in pyproject.toml.
+"""
+
+from glob import glob
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+
+core = Pybind11Extension(
+    "blendrt._core",
+    sorted(glob("csrc/*.cpp")),
+    include_dirs=["csrc"],
+    cxx_std=17,
+    extra_compile_args=["-O3", "-Wall", "-Wextra"],
+)
+
+setup(ext_modules=[core], cmdclass={"build_ext": build_ext})

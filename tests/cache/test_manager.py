@@ -1,0 +1,201 @@
+"""Scripted scenarios over the C++ core: exact page ids, eviction order, sharing, members."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from blendrt.cache import KVCacheManager
+
+
+def run(m: KVCacheManager, seq_id: int, member: str, tokens: list[int]) -> list[int]:
+    """Adds a sequence, allocates and computes all its tokens; returns its block table."""
+    m.add_sequence(seq_id, member, tokens)
+    cached = m.num_cached_tokens(seq_id)
+    assert m.allocate(seq_id, len(tokens) - cached)
+    m.commit(seq_id, len(tokens) - cached)
+    m.check_invariants()
+    return m.block_table(seq_id).tolist()
+
+
+def test_exact_page_ids_and_lru_order() -> None:
+    m = KVCacheManager(8, hash_seed=7)
+    m.register_member("a", 4)
+    assert run(m, 1, "a", list(range(10))) == [0, 1, 2]  # 2 full pages + a partial one
+    m.free(1)
+    # The partial page is not cached: it goes back to the free queue. The full pages wait in
+    # the LRU queue, released last page first, so the prefix's tail is evicted before its head.
+    assert m.lru_order() == [1, 0]
+    assert m.page_info(2) == (0, False, -1)
+    assert m.page_info(0) == (0, True, 0)
+    s = m.stats()
+    assert (s.pages_free, s.pages_cached, s.pages_in_use) == (6, 2, 0)
+
+    # Same first 8 tokens: both pages hit; the rest gets the next free page (3).
+    assert run(m, 2, "a", [*range(8), 100, 101]) == [0, 1, 3]
+    assert m.lru_order() == []
+    assert m.stats().members["a"].hit_tokens == 8
+    assert m.stats().members["a"].miss_tokens == 10 + 2
+
+
+def test_cached_pages_reused_only_when_nothing_is_free_oldest_first() -> None:
+    m = KVCacheManager(6, hash_seed=7)
+    m.register_member("a", 2)
+    assert run(m, 1, "a", [1, 2, 3, 4]) == [0, 1]
+    m.free(1)  # LRU: 1, 0
+    assert run(m, 2, "a", [5, 6, 7, 8]) == [2, 3]
+    m.free(2)  # LRU: 1, 0, 3, 2
+    assert m.lru_order() == [1, 0, 3, 2]
+    # Needs 3 pages: the two free ones (4, 5) first, then the oldest cached page (1).
+    assert run(m, 3, "a", [9, 9, 9, 9, 9, 9]) == [4, 5, 1]
+    assert m.lru_order() == [0, 3, 2]
+    # Page 1 held [3, 4]: its key is gone, so [1, 2, 3, 4, 0] hits page 0 only.
+    m.add_sequence(4, "a", [1, 2, 3, 4, 0])
+    assert m.num_cached_tokens(4) == 2
+    m.check_invariants()
+
+
+def test_last_token_is_always_computed() -> None:
+    m = KVCacheManager(8, hash_seed=7)
+    m.register_member("a", 4)
+    run(m, 1, "a", list(range(8)))
+    m.free(1)
+    m.add_sequence(2, "a", list(range(8)))  # fully cached, but its last logits are needed
+    assert m.num_cached_tokens(2) == 4
+    m.add_sequence(3, "a", list(range(9)))
+    assert m.num_cached_tokens(3) == 8
+
+
+def test_persona_prefix_shared_by_many_conversations() -> None:
+    m = KVCacheManager(64, hash_seed=7)
+    m.register_member("a", 4)
+    persona = list(range(100, 112))  # 3 full pages
+    first = run(m, 0, "a", [*persona, 1])
+    for conv in range(1, 10):
+        table = run(m, conv, "a", [*persona, 1000 + conv, 2000 + conv])
+        assert table[:3] == first[:3]
+    for page in first[:3]:
+        assert m.page_info(page)[0] == 10  # refcount: one per live conversation
+    stats = m.stats().members["a"]
+    assert stats.hit_tokens == 9 * 12
+    assert stats.num_sequences == 10
+    # 3 shared pages + 1 own page each.
+    assert stats.pages_in_use == 3 + 10
+    for conv in range(10):
+        m.free(conv)
+    assert m.page_info(first[0]) == (0, True, 0)
+    m.check_invariants()
+
+
+def test_members_never_share_pages() -> None:
+    m = KVCacheManager(16, hash_seed=7)
+    m.register_member("a", 4)
+    m.register_member("b", 4)
+    run(m, 1, "a", list(range(9)))
+    m.add_sequence(2, "b", list(range(9)))
+    assert m.num_cached_tokens(2) == 0  # identical ids, other member: no hit
+    m.add_sequence(3, "a", list(range(9)))
+    assert m.num_cached_tokens(3) == 8
+
+
+def test_same_page_tokens_after_another_prefix_miss() -> None:
+    m = KVCacheManager(16, hash_seed=7)
+    m.register_member("a", 4)
+    run(m, 1, "a", [1, 2, 3, 4, 5, 6, 7, 8, 0])
+    # Page 1's tokens match, but its KV was computed after another first page.
+    m.add_sequence(2, "a", [9, 9, 9, 9, 5, 6, 7, 8, 0])
+    assert m.num_cached_tokens(2) == 0
+
+
+def test_idle_member_pages_evicted_to_serve_another() -> None:
+    m = KVCacheManager(8, hash_seed=7)
+    m.register_member("a", 4)
+    m.register_member("b", 3)  # a different geometry: fewer tokens per page
+    run(m, 1, "a", list(range(24)))  # 6 pages, all full and cached
+    m.free(1)
+    assert m.stats().members["a"].pages_cached == 6
+    assert m.stats().members["a"].pages_in_use == 0
+    # b needs 5 pages: 2 free, then 3 of a's cached pages, the tail of a's prefix first.
+    table = run(m, 2, "b", list(range(15)))
+    assert table == [6, 7, 5, 4, 3]
+    stats = m.stats()
+    assert stats.members["a"].pages_cached == 3
+    assert stats.members["b"].pages_in_use == 5
+    assert m.page_info(5)[2] == 1  # page 5 now belongs to b
+    # a's head pages survive and still hit.
+    m.add_sequence(3, "a", list(range(24)))
+    assert m.num_cached_tokens(3) == 12
+
+
+def test_allocation_failure_changes_nothing() -> None:
+    m = KVCacheManager(4, hash_seed=7)
+    m.register_member("a", 2)
+    run(m, 1, "a", [1, 2, 3, 4, 5, 6])  # 3 pages
+    m.add_sequence(2, "a", [7, 8, 9, 10])
+    before = m.stats()
+    assert not m.can_allocate(2, 4)
+    assert not m.allocate(2, 4)
+    assert m.stats() == before
+    assert m.block_table(2).tolist() == []
+    assert m.allocate(2, 2)
+    m.check_invariants()
+
+
+def test_decode_steps_extend_and_register_pages() -> None:
+    m = KVCacheManager(8, hash_seed=7)
+    m.register_member("a", 4)
+    run(m, 1, "a", [1, 2, 3])
+    for token in (4, 5, 6):
+        m.append_tokens(1, [token])
+        assert m.allocate(1, 1)
+        m.commit(1, 1)
+    assert m.block_table(1).tolist() == [0, 1]
+    assert m.page_info(0)[1]  # [1, 2, 3, 4] filled and was registered
+    assert not m.page_info(1)[1]
+    assert m.num_computed_tokens(1) == 6
+
+
+def test_batch_metadata_matches_a_python_reference() -> None:
+    m = KVCacheManager(32, hash_seed=7)
+    m.register_member("a", 3)
+    m.register_member("b", 5)
+    rng = np.random.default_rng(0)
+    tokens = {}
+    for seq_id, (member, n) in enumerate([("a", 7), ("a", 1), ("a", 12), ("b", 4)]):
+        tokens[seq_id] = rng.integers(0, 50, n).tolist()
+        m.add_sequence(seq_id, member, tokens[seq_id])
+    # Sequence 0 has 4 tokens computed already; the others are prefilling from scratch.
+    assert m.allocate(0, 4)
+    m.commit(0, 4)
+    new = {0: 3, 1: 1, 2: 12}
+    for seq_id, n in new.items():
+        assert m.allocate(seq_id, n)
+    md = m.build_batch(list(new), list(new.values()))
+
+    ids, positions, slots = [], [], []
+    for s, n in new.items():
+        table = m.block_table(s)
+        start = m.num_computed_tokens(s)
+        for pos in range(start, start + n):
+            ids.append(tokens[s][pos])
+            positions.append(pos)
+            slots.append(table[pos // 3] * 3 + pos % 3)
+    assert md.input_ids.tolist() == ids
+    assert md.positions.tolist() == positions
+    assert md.slot_mapping.tolist() == slots
+    assert md.cu_seqlens_q.tolist() == [0, 3, 4, 16]
+    assert md.context_lens.tolist() == [7, 1, 12]
+    assert md.cu_seqlens_k.tolist() == [0, 7, 8, 20]
+    assert md.logits_indices.tolist() == [2, 3, 15]
+    assert md.max_query_len == 12 and md.max_context_len == 12
+    assert md.block_tables.shape == (3, 4)
+    assert md.block_tables[1].tolist() == [m.block_table(1)[0], -1, -1, -1]
+    assert md.block_tables[0, :3].tolist() == m.block_table(0).tolist()
+    assert md.block_tables[2].tolist() == m.block_table(2).tolist()
+    assert m.build_batch([1], [1], min_block_table_width=6).block_tables.shape == (1, 6)
+
+    assert m.allocate(3, 4)
+    with pytest.raises(ValueError, match="one member"):
+        m.build_batch([0, 3], [3, 4])
+    with pytest.raises(ValueError, match="cannot schedule"):
+        m.build_batch([0], [4])  # only 3 tokens allocated beyond the computed ones
