@@ -73,14 +73,18 @@ class CacheStats:
 
 
 def _ids32(token_ids: IntArray, what: str = "token_ids") -> np.ndarray:
+    """int32 view of 1-D ints. int32 arrays pass untouched (the engine's hot path: the core
+    validates counts); anything else is checked to be integral and in range first."""
     arr = np.asarray(token_ids)
+    if arr.dtype == np.int32 and arr.ndim == 1:
+        return arr
     if arr.ndim != 1:
         raise ValueError(f"{what} must be a 1-D sequence of ints, got shape {arr.shape}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{what} must hold integers, got dtype {arr.dtype}")
     if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int32).max):
         raise ValueError(f"{what} must lie in [0, 2**31), got range [{arr.min()}, {arr.max()}]")
-    return arr.astype(np.int32, copy=False)
+    return arr.astype(np.int32)
 
 
 class KVCacheManager:
@@ -115,7 +119,10 @@ class KVCacheManager:
 
     def add_sequence(self, seq_id: int, member: str, token_ids: IntArray) -> None:
         """Registers a sequence and its known tokens; takes no pages yet."""
-        self._core.add_sequence(seq_id, self.member_id(member), _ids32(token_ids))
+        ids = _ids32(token_ids)
+        if ids.size and ids.min() < 0:
+            raise ValueError(f"token_ids must be non-negative, got {ids.min()}")
+        self._core.add_sequence(seq_id, self.member_id(member), ids)
 
     def append_tokens(self, seq_id: int, token_ids: IntArray) -> None:
         self._core.append_tokens(seq_id, _ids32(token_ids))
