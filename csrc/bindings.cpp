@@ -74,18 +74,22 @@ PYBIND11_MODULE(_core, m) {
       "SipHash-2-4 with 128-bit output; returns (low 64 bits, high 64 bits).");
 
   py::class_<KVCacheCore>(m, "KVCacheCore")
-      .def(py::init<int32_t, uint64_t>(), py::arg("num_pages"), py::arg("hash_seed") = 0)
+      .def(py::init<int32_t, uint64_t, bool>(), py::arg("num_pages"), py::arg("hash_seed") = 0,
+           py::arg("enable_caching") = true)
+      .def_property_readonly("caching_enabled", &KVCacheCore::caching_enabled)
       .def("register_member", &KVCacheCore::register_member, py::arg("name"),
            py::arg("tokens_per_page"))
       .def_property_readonly("num_members", &KVCacheCore::num_members)
       .def("tokens_per_page", &KVCacheCore::tokens_per_page, py::arg("member_id"))
       .def(
           "add_sequence",
-          [](KVCacheCore& c, int64_t seq_id, int32_t member_id, const I32Array& ids) {
+          [](KVCacheCore& c, int64_t seq_id, int32_t member_id, const I32Array& ids,
+             bool use_prefix_cache) {
             const I32Array a = flat(ids, "token_ids");
-            c.add_sequence(seq_id, member_id, a.data(), a.size());
+            c.add_sequence(seq_id, member_id, a.data(), a.size(), use_prefix_cache);
           },
-          py::arg("seq_id"), py::arg("member_id"), py::arg("token_ids"))
+          py::arg("seq_id"), py::arg("member_id"), py::arg("token_ids"),
+          py::arg("use_prefix_cache") = true)
       .def(
           "append_tokens",
           [](KVCacheCore& c, int64_t seq_id, const I32Array& ids) {

@@ -19,8 +19,8 @@ uint64_t splitmix64(uint64_t x) {
 
 }  // namespace
 
-KVCacheCore::KVCacheCore(int32_t num_pages, uint64_t hash_seed)
-    : allocator_(num_pages), index_(num_pages) {
+KVCacheCore::KVCacheCore(int32_t num_pages, uint64_t hash_seed, bool enable_caching)
+    : allocator_(num_pages), index_(num_pages), enable_caching_(enable_caching) {
   if (hash_seed == 0) {
     std::random_device rd;
     key_.k0 = (static_cast<uint64_t>(rd()) << 32) ^ rd();
@@ -78,7 +78,7 @@ const Sequence& KVCacheCore::sequence(int64_t seq_id) const {
 }
 
 void KVCacheCore::add_sequence(int64_t seq_id, int32_t member_id, const int32_t* token_ids,
-                               size_t n) {
+                               size_t n, bool use_prefix_cache) {
   member(member_id);  // validates
   if (seqs_.count(seq_id)) throw std::invalid_argument(seq_name(seq_id) + " already exists");
   if (n == 0) throw std::invalid_argument(seq_name(seq_id) + ": token_ids must not be empty");
@@ -88,6 +88,7 @@ void KVCacheCore::add_sequence(int64_t seq_id, int32_t member_id, const int32_t*
   Sequence s;
   s.member = member_id;
   s.token_ids.assign(token_ids, token_ids + n);
+  s.has_allocated = !use_prefix_cache;  // no lookup will happen
   seqs_.emplace(seq_id, std::move(s));
   ++members_[member_id].num_sequences;
 }
@@ -210,6 +211,7 @@ void KVCacheCore::commit(int64_t seq_id, int32_t num_tokens) {
                                 std::to_string(s.token_ids.size()) + " known");
   }
   s.num_computed_tokens = static_cast<int32_t>(num_computed);
+  if (!enable_caching_) return;
   const auto num_full = static_cast<int32_t>(num_computed / tpp);
   memoize_keys(s, num_full);
   for (int32_t i = s.num_registered_pages; i < num_full; ++i) {

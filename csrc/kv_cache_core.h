@@ -60,13 +60,17 @@ struct Sequence {
 class KVCacheCore {
  public:
   // hash_seed = 0 draws a random SipHash key (the default); any other value is reproducible.
-  explicit KVCacheCore(int32_t num_pages, uint64_t hash_seed = 0);
+  // With enable_caching = false no page is ever registered, so nothing is ever reused.
+  explicit KVCacheCore(int32_t num_pages, uint64_t hash_seed = 0, bool enable_caching = true);
 
   int32_t register_member(const std::string& name, int32_t tokens_per_page);
   int32_t num_members() const { return static_cast<int32_t>(members_.size()); }
   const MemberInfo& member(int32_t member_id) const;
 
-  void add_sequence(int64_t seq_id, int32_t member_id, const int32_t* token_ids, size_t n);
+  // use_prefix_cache = false: the sequence computes every token (e.g. to score all of
+  // them); its full pages are still registered for others.
+  void add_sequence(int64_t seq_id, int32_t member_id, const int32_t* token_ids, size_t n,
+                    bool use_prefix_cache = true);
   void append_tokens(int64_t seq_id, const int32_t* token_ids, size_t n);
   bool has_sequence(int64_t seq_id) const { return seqs_.count(seq_id) != 0; }
   const Sequence& sequence(int64_t seq_id) const;
@@ -92,6 +96,7 @@ class KVCacheCore {
   int32_t tokens_per_page(int32_t member_id) const { return member(member_id).tokens_per_page; }
   const PageAllocator& allocator() const { return allocator_; }
   size_t num_indexed_pages() const { return index_.size(); }
+  bool caching_enabled() const { return enable_caching_; }
   // Verifies allocator, index and that refcounts equal block-table references.
   void check_invariants() const;
 
@@ -109,6 +114,7 @@ class KVCacheCore {
 
   PageAllocator allocator_;
   PrefixIndex index_;
+  bool enable_caching_;
   SipKey key_;
   std::vector<MemberInfo> members_;                    // {member_id: info}
   std::unordered_map<std::string, int32_t> member_ids_; // {name: member_id}

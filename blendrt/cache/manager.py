@@ -90,8 +90,10 @@ def _ids32(token_ids: IntArray, what: str = "token_ids") -> np.ndarray:
 class KVCacheManager:
     """Block tables, prefix caching and batch metadata for all members over one page pool."""
 
-    def __init__(self, num_pages: int, *, hash_seed: int = 0) -> None:
-        self._core = _core.KVCacheCore(num_pages, hash_seed)
+    def __init__(
+        self, num_pages: int, *, hash_seed: int = 0, enable_prefix_caching: bool = True
+    ) -> None:
+        self._core = _core.KVCacheCore(num_pages, hash_seed, enable_prefix_caching)
         self._member_ids: dict[str, int] = {}  # {member name: member id}
 
     # ---- members -------------------------------------------------------------------------
@@ -117,12 +119,15 @@ class KVCacheManager:
 
     # ---- sequences -----------------------------------------------------------------------
 
-    def add_sequence(self, seq_id: int, member: str, token_ids: IntArray) -> None:
-        """Registers a sequence and its known tokens; takes no pages yet."""
+    def add_sequence(
+        self, seq_id: int, member: str, token_ids: IntArray, *, use_prefix_cache: bool = True
+    ) -> None:
+        """Registers a sequence and its known tokens; takes no pages yet. Without
+        use_prefix_cache it computes every token (to score them all)."""
         ids = _ids32(token_ids)
         if ids.size and ids.min() < 0:
             raise ValueError(f"token_ids must be non-negative, got {ids.min()}")
-        self._core.add_sequence(seq_id, self.member_id(member), ids)
+        self._core.add_sequence(seq_id, self.member_id(member), ids, use_prefix_cache)
 
     def append_tokens(self, seq_id: int, token_ids: IntArray) -> None:
         self._core.append_tokens(seq_id, _ids32(token_ids))

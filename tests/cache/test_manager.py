@@ -199,3 +199,24 @@ def test_batch_metadata_matches_a_python_reference() -> None:
         m.build_batch([0, 3], [3, 4])
     with pytest.raises(ValueError, match="cannot schedule"):
         m.build_batch([0], [4])  # only 3 tokens allocated beyond the computed ones
+
+
+def test_prefix_caching_disabled() -> None:
+    m = KVCacheManager(8, hash_seed=7, enable_prefix_caching=False)
+    m.register_member("a", 4)
+    assert run(m, 1, "a", list(range(10))) == [0, 1, 2]
+    m.free(1)
+    assert m.stats().pages_free == 8 and m.lru_order() == []
+    m.add_sequence(2, "a", list(range(10)))
+    assert m.num_cached_tokens(2) == 0
+
+
+def test_sequence_may_skip_the_prefix_cache() -> None:
+    m = KVCacheManager(8, hash_seed=7)
+    m.register_member("a", 4)
+    first = run(m, 1, "a", list(range(10)))
+    m.add_sequence(2, "a", list(range(10)), use_prefix_cache=False)
+    assert m.num_cached_tokens(2) == 0
+    assert m.allocate(2, 10)
+    assert set(m.block_table(2).tolist()).isdisjoint(first)
+    assert m.stats().members["a"].hit_tokens == 0
