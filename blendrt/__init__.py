@@ -5,7 +5,15 @@ turn is answered by a member chosen at random, which prefills only what it has n
 """
 
 from blendrt.cache import KVCacheManager, KVGeometry, PagePool
+from blendrt.models import LoadedModel, load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["KVCacheManager", "KVGeometry", "PagePool", "__version__"]
+__all__ = [
+    "KVCacheManager",
+    "KVGeometry",
+    "LoadedModel",
+    "PagePool",
+    "__version__",
+    "load_model",
+]

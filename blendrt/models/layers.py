@@ -1,0 +1,129 @@
+"""Building blocks shared by the architectures: norms, rotary embeddings, paged attention."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blendrt.cache.pool import MemberKV
+from blendrt.models.config import ModelConfig, RopeConfig
+from blendrt.ops.attention import AttentionBackend, AttentionMetadata
+
+
+@dataclass(frozen=True)
+class ForwardContext:
+    """Everything one member's forward pass needs for one step, passed down explicitly."""
+
+    positions: torch.Tensor  # [T] int64
+    attn: AttentionMetadata
+    kv: MemberKV  # this member's views of the shared pool
+    backend: AttentionBackend
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # As Llama does it: normalise in float32, scale in the model's dtype.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_inv_freq(rope: RopeConfig) -> torch.Tensor:  # [rotary_dim / 2] float32
+    dim = rope.rotary_dim
+    inv_freq = 1.0 / (rope.theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if rope.scaling == "linear":
+        return inv_freq / rope.factor
+    if rope.scaling == "llama3":
+        old_len = rope.original_max_position_embeddings
+        low_wavelen = old_len / rope.low_freq_factor
+        high_wavelen = old_len / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
+        smooth = (old_len / wavelen - rope.low_freq_factor) / (
+            rope.high_freq_factor - rope.low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotates the first rotary_dim dims of each head; pairs are halves (Llama) or
+    neighbours (GPT-J)."""
+
+    def __init__(self, rope: RopeConfig, max_positions: int) -> None:
+        super().__init__()
+        self.rotary_dim = rope.rotary_dim
+        self.interleaved = rope.interleaved
+        freqs = torch.outer(torch.arange(max_positions).float(), rope_inv_freq(rope))
+        if self.interleaved:
+            freqs = freqs.repeat_interleave(2, dim=-1)
+        else:
+            freqs = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("cos", freqs.cos(), persistent=False)  # [max_pos, rotary_dim]
+        self.register_buffer("sin", freqs.sin(), persistent=False)
+
+    def _rotate(self, x: torch.Tensor) -> torch.Tensor:
+        if self.interleaved:
+            return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # x: [T, H, D]; positions: [T]
+        cos = self.cos[positions].to(x.dtype)[:, None, :]  # [T, 1, rotary_dim]
+        sin = self.sin[positions].to(x.dtype)[:, None, :]
+        rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
+        rot = rot * cos + self._rotate(rot) * sin
+        return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
+
+
+class PagedAttention(nn.Module):
+    """Fused QKV projection, rotary embedding, paged attention through the backend, output
+    projection."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int, bias: bool) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.scale = config.softmax_scale
+        q_size = self.num_heads * self.head_dim
+        kv_size = self.num_kv_heads * self.head_dim
+        self.split = (q_size, kv_size, kv_size)
+        self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=bias)
+        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=bias)
+
+    def forward(
+        self, x: torch.Tensor, rotary: RotaryEmbedding, ctx: ForwardContext
+    ) -> torch.Tensor:
+        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
+        q = rotary(q.view(-1, self.num_heads, self.head_dim), ctx.positions)
+        k = rotary(k.view(-1, self.num_kv_heads, self.head_dim), ctx.positions)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        out = ctx.backend.forward(
+            q,
+            k,
+            v,
+            ctx.kv.k_caches[self.layer_idx],
+            ctx.kv.v_caches[self.layer_idx],
+            ctx.attn,
+            self.scale,
+        )
+        return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
+
+
+def gelu_new(x: torch.Tensor) -> torch.Tensor:
+    """GPT-J's activation: GELU with the tanh approximation."""
+    return F.gelu(x, approximate="tanh")

@@ -1,0 +1,100 @@
+"""Llama-family decoder (Llama 1/2/3, Vicuna, TinyLlama, Mistral without sliding window).
+
+x = embed(ids)
+for each layer:  x = x + attn(rms_norm(x));  x = x + mlp(rms_norm(x))
+logits = lm_head(rms_norm(x))      (lm_head may be tied to embed)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blendrt.models.config import ModelConfig
+from blendrt.models.layers import ForwardContext, PagedAttention, RMSNorm, RotaryEmbedding
+from blendrt.models.weights import WeightMap
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = nn.Linear(
+            config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias
+        )
+        self.down_proj = nn.Linear(
+            config.intermediate_size, config.hidden_size, bias=config.mlp_bias
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.self_attn = PagedAttention(config, layer_idx, bias=config.attention_bias)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.mlp = LlamaMLP(config)
+
+    def forward(
+        self, x: torch.Tensor, rotary: RotaryEmbedding, ctx: ForwardContext
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rotary, ctx)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaBlock(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.rotary = RotaryEmbedding(config.rope, config.max_position_embeddings)
+
+    def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """input_ids: [T] -> final hidden states [T, hidden]."""
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, self.rotary, ctx)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+    def weight_map(self) -> WeightMap:
+        """{HF checkpoint name: (parameter, row offset)}; q/k/v and gate/up are fused."""
+        c = self.config
+        wm = WeightMap()
+        wm.ignore_suffix(".rotary_emb.inv_freq")
+        wm.add("model.embed_tokens.weight", self.embed_tokens.weight)
+        wm.add("model.norm.weight", self.norm.weight)
+        if c.tie_word_embeddings:
+            wm.ignore("lm_head.weight")  # some tied checkpoints still store a copy
+        else:
+            wm.add("lm_head.weight", self.lm_head.weight)
+        q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            attn, mlp = layer.self_attn, layer.mlp
+            wm.add(p + "input_layernorm.weight", layer.input_layernorm.weight)
+            wm.add(p + "post_attention_layernorm.weight", layer.post_attention_layernorm.weight)
+            for suffix in ("weight", "bias") if c.attention_bias else ("weight",):
+                fused = getattr(attn.qkv_proj, suffix)
+                wm.add(f"{p}self_attn.q_proj.{suffix}", fused, 0, q)
+                wm.add(f"{p}self_attn.k_proj.{suffix}", fused, q, kv)
+                wm.add(f"{p}self_attn.v_proj.{suffix}", fused, q + kv, kv)
+                wm.add(f"{p}self_attn.o_proj.{suffix}", getattr(attn.o_proj, suffix))
+            for suffix in ("weight", "bias") if c.mlp_bias else ("weight",):
+                fused = getattr(mlp.gate_up_proj, suffix)
+                wm.add(f"{p}mlp.gate_proj.{suffix}", fused, 0, c.intermediate_size)
+                wm.add(f"{p}mlp.up_proj.{suffix}", fused, c.intermediate_size, c.intermediate_size)
+                wm.add(f"{p}mlp.down_proj.{suffix}", getattr(mlp.down_proj, suffix))
+        return wm

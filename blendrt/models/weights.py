@@ -1,0 +1,129 @@
+"""Checkpoint weights: safetensors only, memory-mapped, loaded tensor by tensor into
+parameters allocated once on the target device and dtype (never two copies of the model)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass
+class _Target:
+    param: torch.Tensor
+    offset: int  # first row of the parameter this checkpoint tensor fills
+    rows: int  # rows it fills (fused projections hold several checkpoint tensors)
+
+
+@dataclass
+class WeightMap:
+    """{checkpoint tensor name: slice of a model parameter}."""
+
+    targets: dict[str, _Target] = field(default_factory=dict)
+    ignored: set[str] = field(default_factory=set)
+    ignored_suffixes: list[str] = field(default_factory=list)
+
+    def add(self, name: str, param: torch.Tensor, offset: int = 0, rows: int | None = None) -> None:
+        self.targets[name] = _Target(
+            param, offset, param.shape[0] - offset if rows is None else rows
+        )
+
+    def ignore(self, name: str) -> None:
+        self.ignored.add(name)
+
+    def ignore_suffix(self, suffix: str) -> None:
+        self.ignored_suffixes.append(suffix)
+
+    def load(self, tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
+        """Copies each checkpoint tensor into its slice; checks names and shapes."""
+        missing = set(self.targets)
+        unexpected = []
+        for name, tensor in tensors:
+            target = self.targets.get(name)
+            if target is None:
+                if name not in self.ignored and not name.endswith(tuple(self.ignored_suffixes)):
+                    unexpected.append(name)
+                continue
+            expected = (target.rows, *target.param.shape[1:])
+            if tuple(tensor.shape) != expected:
+                raise ValueError(
+                    f"weight {name} has shape {tuple(tensor.shape)}, expected "
+                    f"{expected} from config.json"
+                )
+            with torch.no_grad():
+                target.param[target.offset : target.offset + target.rows].copy_(tensor)
+            missing.discard(name)
+        if missing:
+            raise ValueError(
+                f"checkpoint lacks {len(missing)} weights, e.g. " + ", ".join(sorted(missing)[:5])
+            )
+        if unexpected:
+            raise ValueError(
+                f"checkpoint has {len(unexpected)} weights this architecture does "
+                "not use (wrong architecture in config.json?), e.g. "
+                + ", ".join(sorted(unexpected)[:5])
+            )
+
+
+def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Replaces the (meta) parameters of `model` by uninitialised ones on `device`/`dtype`,
+    keeping tied parameters tied. Buffers (rotary tables) are recomputed by the caller."""
+    new: dict[int, nn.Parameter] = {}  # {id(old parameter): new parameter}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) not in new:
+                new[id(param)] = nn.Parameter(
+                    torch.empty(param.shape, dtype=dtype, device=device), requires_grad=False
+                )
+            module._parameters[name] = new[id(param)]
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """The checkpoint's safetensors files (one, or the shards an index names). Pickled
+    weights are refused: unpickling a file can run arbitrary code."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{index} is not a valid safetensors index: {e}") from e
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise FileNotFoundError(
+                f"{folder}: shards named by the index are missing: " + ", ".join(absent)
+            )
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(
+            f"{folder} holds only pickled weights ({', '.join(pickles)}); blendrt refuses them "
+            "because unpickling can execute arbitrary code. Convert them to safetensors "
+            "(e.g. transformers' save_pretrained(..., safe_serialization=True)) in a trusted "
+            "environment."
+        )
+    raise FileNotFoundError(f"{folder}: no model weights (*.safetensors) found")
+
+
+def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields (name, tensor) one at a time from memory-mapped files."""
+    for path in files:
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as e:  # safetensors raises its own error type for a bad header
+            raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+        with handle as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                yield name, f.get_tensor(name)
