@@ -1,0 +1,51 @@
+"""Ahead-of-time compiles of the attention kernels for sm_90 and sm_80 (no GPU needed): a
+representative subset of what the engine launches, with no register spills and shared
+memory within each target's limit. benchmarks/kernel_resources.py checks every config."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from blendrt.ops import aot
+
+#: (head_dim, group, dtype, capability): every head dim, every GQA group, both half types,
+#: and the largest tiles on sm_80.
+SUBSET: list[aot.Config] = [
+    (64, 1, torch.float16, 90),
+    (80, 2, torch.bfloat16, 90),
+    (96, 8, torch.float16, 90),
+    (128, 4, torch.bfloat16, 90),
+    (256, 8, torch.bfloat16, 90),
+    (128, 1, torch.float16, 80),
+    (256, 4, torch.bfloat16, 80),
+]
+
+
+@pytest.fixture(scope="module")
+def compiled() -> list[tuple[aot.Config, aot.KernelResources]]:
+    return aot.compile_configs(SUBSET, jobs=os.cpu_count() or 1)
+
+
+def test_every_kernel_compiles(compiled) -> None:
+    kernels = {r.kernel for _, r in compiled}
+    assert {"_store_kv_kernel", "_extend_attention_kernel"} <= kernels
+    assert {r.capability for _, r in compiled} == {80, 90}
+
+
+def test_no_spills_and_shared_memory_fits(compiled) -> None:
+    for config, r in compiled:
+        where = f"{r.kernel} at {config}"
+        assert r.registers <= 255, where
+        assert not r.spills, f"{where} spills: {r}"
+        assert r.shared_bytes <= aot.max_shared_bytes(r.capability), f"{where}: {r}"
+
+
+def test_parse_resource_usage() -> None:
+    text = (
+        "Resource usage:\n Common:\n  GLOBAL:0\n Function _k:\n"
+        "  REG:168 STACK:16 SHARED:0 LOCAL:0 CONSTANT[0]:624 TEXTURE:0 SURFACE:0 SAMPLER:0\n"
+    )
+    assert aot.parse_resource_usage(text) == {"REG": 168, "STACK": 16, "SHARED": 0, "LOCAL": 0}
