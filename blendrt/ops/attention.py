@@ -77,12 +77,12 @@ class AttentionBackend(ABC):
 
 def get_backend(name: str | None, device: torch.device) -> AttentionBackend:
     """ "torch" (reference), "triton", or None: Triton on CUDA, the reference elsewhere."""
-    from blendrt.ops.reference import TorchReferenceBackend
+    from blendrt.ops.torch_backend import TorchBackend
 
     if name is None:
         name = "triton" if device.type == "cuda" else "torch"
     if name == "torch":
-        return TorchReferenceBackend()
+        return TorchBackend()
     if name == "triton":
         from blendrt.ops.triton_backend import TritonBackend
 

@@ -1,15 +1,15 @@
 """Torch reference paged attention: gather each sequence's pages, then plain attention.
 
-Slow but obviously right; it serves the CPU and is the ground truth the Triton kernels are
-tested against.
+Slow but obviously right: the ground truth the Triton kernels and the CPU backend
+(torch_backend.py) are tested against.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 import torch.nn.functional as F
-
-from blendrt.ops.attention import AttentionBackend, AttentionMetadata
 
 
 def store_kv_reference(
@@ -46,14 +46,16 @@ def paged_attention_reference(
     cu_seqlens_q: list[int] | tuple[int, ...],  # B + 1
     context_lens: list[int] | tuple[int, ...],  # B
     scale: float,
+    skip: Collection[int] = (),
 ) -> torch.Tensor:  # [T, H_q, D]
     """Query i of sequence b sits at position context_lens[b] - query_len_b + i and attends
-    to keys 0..that position. Computed in float32."""
+    to keys 0..that position. Computed in float32. Rows of sequences in `skip` are left
+    unwritten (the caller fills them)."""
     out = torch.empty_like(q)
     group = q.shape[1] // k_cache.shape[2]
     for b, context_len in enumerate(context_lens):
         start, end = cu_seqlens_q[b], cu_seqlens_q[b + 1]
-        if end == start:
+        if end == start or b in skip:
             continue
         keys = gather_pages(k_cache, block_tables[b], context_len).float()
         values = gather_pages(v_cache, block_tables[b], context_len).float()
@@ -67,28 +69,3 @@ def paged_attention_reference(
         )  # [H_q, Lq, D]
         out[start:end] = attn.transpose(0, 1).to(q.dtype)
     return out
-
-
-class TorchReferenceBackend(AttentionBackend):
-    name = "torch"
-
-    def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        meta: AttentionMetadata,
-        scale: float,
-    ) -> torch.Tensor:
-        store_kv_reference(k, v, k_cache, v_cache, meta.slot_mapping)
-        return paged_attention_reference(
-            q,
-            k_cache,
-            v_cache,
-            meta.block_tables,
-            meta.cu_seqlens_q_host,
-            meta.context_lens_host,
-            scale,
-        )

@@ -1,0 +1,91 @@
+"""The CPU attention backend: torch ops, decode rows batched.
+
+Decode rows (one new token each) of all sequences go through one padded, masked attention
+over their gathered pages; prefill rows go through the per-sequence reference. Tested against
+`blendrt.ops.reference.paged_attention_reference`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from blendrt.ops.attention import AttentionBackend, AttentionMetadata
+from blendrt.ops.reference import paged_attention_reference, store_kv_reference
+
+
+def decode_attention_torch(
+    q: torch.Tensor,  # [B, H_q, D] one query per sequence
+    k_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D]
+    v_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D]
+    block_tables: torch.Tensor,  # [B, W] page ids, -1 padded
+    context_lens: torch.Tensor,  # [B]
+    max_context_len: int,
+    scale: float,
+) -> torch.Tensor:  # [B, H_q, D]
+    batch, num_q_heads, head_dim = q.shape
+    tokens_per_page, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    num_pages = -(-max_context_len // tokens_per_page)
+    # NOTE: padding entries (-1) read page 0; every position past a sequence's context is
+    # masked out of the scores and zeroed in the values, whatever those pages hold.
+    table = block_tables[:, :num_pages].long().clamp_min(0)  # [B, P]
+    keys = k_cache[table].flatten(1, 2)[:, :max_context_len].float()  # [B, S, H_kv, D]
+    values = v_cache[table].flatten(1, 2)[:, :max_context_len].float()
+    valid = torch.arange(max_context_len, device=q.device)[None, :] < context_lens[:, None]
+    values = values.masked_fill(~valid[:, :, None, None], 0.0)
+    queries = q.float().view(batch, num_kv_heads, num_q_heads // num_kv_heads, head_dim)
+    scores = torch.einsum("bhgd,bshd->bhgs", queries, keys) * scale  # [B, H_kv, G, S]
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    out = torch.einsum("bhgs,bshd->bhgd", scores.softmax(dim=-1), values)
+    return out.reshape(batch, num_q_heads, head_dim).to(q.dtype)
+
+
+class TorchBackend(AttentionBackend):
+    name = "torch"
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [T, H_q, D]
+        k: torch.Tensor,  # [T, H_kv, D]
+        v: torch.Tensor,  # [T, H_kv, D]
+        k_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D]
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [T, H_q, D]
+        store_kv_reference(k, v, k_cache, v_cache, meta.slot_mapping)
+        cu = meta.cu_seqlens_q_host
+        decode = [b for b in range(meta.num_seqs) if cu[b + 1] - cu[b] == 1]
+        if len(decode) == meta.num_seqs:
+            return decode_attention_torch(
+                q,
+                k_cache,
+                v_cache,
+                meta.block_tables,
+                meta.context_lens,
+                meta.max_context_len,
+                scale,
+            )
+        batched = decode if len(decode) > 1 else []  # a mixed batch's decode rows, batched
+        out = paged_attention_reference(
+            q,
+            k_cache,
+            v_cache,
+            meta.block_tables,
+            cu,
+            meta.context_lens_host,
+            scale,
+            skip=set(batched),
+        )
+        if batched:
+            rows = torch.tensor([cu[b] for b in batched], device=q.device)
+            seqs = torch.tensor(batched, device=q.device)
+            out[rows] = decode_attention_torch(
+                q[rows],
+                k_cache,
+                v_cache,
+                meta.block_tables[seqs],
+                meta.context_lens[seqs],
+                max(meta.context_lens_host[b] for b in batched),
+                scale,
+            )
+        return out
