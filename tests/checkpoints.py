@@ -43,7 +43,7 @@ CASES: dict[str, tuple[str, dict]] = {
 }
 
 
-def hf_config(kind: str, **overrides: object) -> object:
+def hf_config(kind: str, context: int = 128, **overrides: object) -> object:
     cls = getattr(transformers, kind)
     if kind == "GPTJConfig":
         base = dict(
@@ -51,7 +51,7 @@ def hf_config(kind: str, **overrides: object) -> object:
             n_embd=64,
             n_layer=2,
             n_head=4,
-            n_positions=128,
+            n_positions=context,
             rotary_dim=8,
             bos_token_id=1,
             eos_token_id=2,
@@ -64,7 +64,7 @@ def hf_config(kind: str, **overrides: object) -> object:
             intermediate_size=96,
             num_hidden_layers=2,
             num_attention_heads=4,
-            max_position_embeddings=128,
+            max_position_embeddings=context,
             bos_token_id=1,
             eos_token_id=2,
             tie_word_embeddings=False,

@@ -1,0 +1,68 @@
+"""EngineConfig: how the engine sizes the shared pool and batches work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class EngineConfig:
+    device: str | None = None  # None: "cuda" when available, else "cpu"
+    dtype: str | None = None  # None: float32 on CPU, the checkpoint's half type on CUDA
+    # Pool size: exactly one of num_pages, kv_cache_bytes, kv_cache_memory_fraction (CUDA:
+    # of the memory free after the weights are loaded). None everywhere: 0.9 on CUDA,
+    # 256 MiB on CPU.
+    num_pages: int | None = None
+    kv_cache_bytes: int | None = None
+    kv_cache_memory_fraction: float | None = None
+    page_bytes: int | None = None  # None: the smallest giving every member min_tokens_per_page
+    min_tokens_per_page: int = 16
+    # "shared": one pool for all members (blendrt); "static": the same bytes split equally,
+    # one part per member (what separate servers would get; a benchmark baseline).
+    pool_partition: str = "shared"
+    enable_prefix_caching: bool = True
+    max_num_batched_tokens: int = 2048  # per step, across all members
+    max_num_seqs: int = 256  # running requests
+    max_model_len: int | None = None  # caps every member's context
+    attention_backend: str | None = None  # "torch" | "triton" | None (by device)
+
+    def __post_init__(self) -> None:
+        if self.device is None:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} requested but CUDA is not available")
+        sizes = [self.num_pages, self.kv_cache_bytes, self.kv_cache_memory_fraction]
+        if sum(s is not None for s in sizes) > 1:
+            raise ValueError(
+                "give at most one of num_pages, kv_cache_bytes, kv_cache_memory_fraction"
+            )
+        positive = {
+            "num_pages": self.num_pages,
+            "kv_cache_bytes": self.kv_cache_bytes,
+            "page_bytes": self.page_bytes,
+            "min_tokens_per_page": self.min_tokens_per_page,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "max_num_seqs": self.max_num_seqs,
+            "max_model_len": self.max_model_len,
+        }
+        for name, value in positive.items():
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        fraction = self.kv_cache_memory_fraction
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {fraction}")
+        if self.pool_partition not in ("shared", "static"):
+            raise ValueError(
+                f"pool_partition must be 'shared' or 'static', got {self.pool_partition!r}"
+            )
+        if self.attention_backend not in (None, "torch", "triton"):
+            raise ValueError(
+                f"attention_backend must be 'torch', 'triton' or None, got "
+                f"{self.attention_backend!r}"
+            )
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)

@@ -1,0 +1,277 @@
+"""LLMEngine: members, the shared pool, the scheduler, and one step of work.
+
+    step():  schedule -> one forward per member with work -> sample, detokenize, stop
+
+It is single-threaded: blendrt/engine/loop.py drives it from one thread and is the only
+caller. Everything it runs on is passed explicitly; no module state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from blendrt.cache.manager import KVCacheManager
+from blendrt.cache.pool import PagePool, page_bytes_for
+from blendrt.config import EngineConfig
+from blendrt.engine.output import OutputText
+from blendrt.engine.request import Request, RequestOutput
+from blendrt.engine.scheduler import ScheduledBatch, Scheduler, SchedulerOutput
+from blendrt.models.loaded import LoadedModel
+from blendrt.models.runner import ModelRunner
+from blendrt.sampling import SamplingParams, SamplingRow, sample
+
+CPU_DEFAULT_POOL_BYTES = 256 << 20
+
+
+@dataclass
+class EngineCounters:
+    prompt_tokens_received: int = 0  # prompt tokens of admitted requests
+    prompt_tokens_computed: int = 0  # tokens prefilled (cache misses and recomputation)
+    generated_tokens: int = 0
+    steps: int = 0
+    busy_seconds: float = 0.0
+    finished: dict[str, int] = field(default_factory=dict)  # {finish reason: requests}
+
+
+class LLMEngine:
+    def __init__(self, models: dict[str, LoadedModel], config: EngineConfig) -> None:
+        if not models:
+            raise ValueError("an engine needs at least one member")
+        self.config = config
+        self.models = models
+        self.counters = EngineCounters()
+        self._ids = itertools.count()
+        geometries = [m.geometry for m in models.values()]
+        page_bytes = config.page_bytes or page_bytes_for(geometries, config.min_tokens_per_page)
+        total_pages = self._num_pages(page_bytes)
+        self.pools: dict[str, PagePool] = {}  # {member: pool} (one shared pool, or one each)
+        self.managers: dict[str, KVCacheManager] = {}  # {member: its cache manager}
+        self.runners: dict[str, ModelRunner] = {}
+        if config.pool_partition == "shared":
+            shared = PagePool(page_bytes, num_pages=total_pages, device=config.torch_device)
+            manager = self._manager(total_pages)
+            parts = {name: (shared, manager) for name in models}
+        else:
+            per_member = total_pages // len(models)
+            parts = {
+                name: (
+                    PagePool(page_bytes, num_pages=per_member, device=config.torch_device),
+                    self._manager(per_member),
+                )
+                for name in models
+            }
+        for name, model in models.items():
+            pool, manager = parts[name]
+            kv = pool.register_member(name, model.geometry)
+            manager.register_member(name, kv.tokens_per_page)
+            self.pools[name], self.managers[name] = pool, manager
+            self.runners[name] = ModelRunner(model.model, kv, model.backend)
+        self.scheduler = Scheduler(
+            self.managers,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_num_seqs=config.max_num_seqs,
+        )
+        self.requests: dict[int, Request] = {}  # {request_id: unfinished request}
+        self._texts: dict[int, OutputText] = {}  # {request_id: output text state}
+
+    def _manager(self, num_pages: int) -> KVCacheManager:
+        return KVCacheManager(num_pages, enable_prefix_caching=self.config.enable_prefix_caching)
+
+    def _num_pages(self, page_bytes: int) -> int:
+        c = self.config
+        if c.num_pages is not None:
+            return c.num_pages
+        if c.kv_cache_bytes is not None:
+            return max(1, c.kv_cache_bytes // page_bytes)
+        if c.torch_device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(c.torch_device)
+            return max(1, int(free * (c.kv_cache_memory_fraction or 0.9)) // page_bytes)
+        if c.kv_cache_memory_fraction is not None:
+            raise ValueError(
+                "kv_cache_memory_fraction sizes a CUDA pool; on CPU give "
+                "num_pages or kv_cache_bytes"
+            )
+        return max(1, CPU_DEFAULT_POOL_BYTES // page_bytes)
+
+    # ---- requests ------------------------------------------------------------------------
+
+    def max_model_len(self, member: str) -> int:
+        limit = self.models[member].config.max_position_embeddings
+        return min(limit, self.config.max_model_len or limit)
+
+    def add_request(
+        self, member: str, prompt_token_ids: list[int], sampling: SamplingParams
+    ) -> Request:
+        """Validates and queues a request; raises ValueError if it could never run."""
+        if member not in self.models:
+            raise ValueError(f"unknown member {member!r}; members: {', '.join(self.models)}")
+        model = self.models[member]
+        total = len(prompt_token_ids) + sampling.max_tokens
+        if total > self.max_model_len(member):
+            raise ValueError(
+                f"prompt of {len(prompt_token_ids)} tokens + max_tokens {sampling.max_tokens} "
+                f"exceeds member {member!r}'s context of {self.max_model_len(member)} tokens"
+            )
+        ids = [int(t) for t in model.check_token_ids(prompt_token_ids)]
+        manager = self.managers[member]
+        pages = -(-total // manager.tokens_per_page(member))
+        if pages > manager.num_pages:
+            raise ValueError(
+                f"prompt + max_tokens needs {pages} pages; the pool of member "
+                f"{member!r} has {manager.num_pages}"
+            )
+        request = Request(next(self._ids), member, ids, sampling)
+        stops = sampling.all_stop_strings
+        self._texts[request.request_id] = OutputText(model.tokenizer, stops)
+        self.requests[request.request_id] = request
+        self.scheduler.add(request)
+        self.counters.prompt_tokens_received += len(ids)
+        return request
+
+    def abort_request(self, request_id: int) -> RequestOutput | None:
+        """Stops a request at once and frees its pages; None if it already finished."""
+        request = self.requests.get(request_id)
+        if request is None:
+            return None
+        return self._finish(request, "abort")
+
+    def prompt_logprobs(self, member: str, token_ids: list[int]) -> torch.Tensor:
+        """Float32 log-softmax [N, V] at every position, computed in the shared pool between
+        steps (every token is computed: cached pages hold no logits)."""
+        if member not in self.models:
+            raise ValueError(f"unknown member {member!r}; members: {', '.join(self.models)}")
+        ids = self.models[member].check_token_ids(token_ids)
+        manager, runner = self.managers[member], self.runners[member]
+        seq_id = next(self._ids)
+        manager.add_sequence(seq_id, member, ids, use_prefix_cache=False)
+        rows = []
+        try:
+            while (done := sum(r.shape[0] for r in rows)) < ids.size:
+                n = min(ids.size - done, self.config.max_num_batched_tokens)
+                if not manager.allocate(seq_id, n):
+                    raise RuntimeError(
+                        f"the pool has no room to score {ids.size} tokens now "
+                        "(running requests hold it); retry later"
+                    )
+                batch = manager.build_batch([seq_id], [n])
+                rows.append(runner.forward(batch, all_logits=True))
+                manager.commit(seq_id, n)
+        finally:
+            manager.free(seq_id)
+        return torch.log_softmax(torch.cat(rows), dim=-1)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ---- one step ------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        start = time.perf_counter()
+        plan = self.scheduler.schedule()
+        logits = [self.runners[b.member].forward(b.batch) for b in plan.batches]
+        outputs = self._postprocess(plan, logits)
+        self.counters.steps += 1
+        self.counters.busy_seconds += time.perf_counter() - start
+        return outputs
+
+    def _postprocess(
+        self, plan: SchedulerOutput, all_logits: list[torch.Tensor]
+    ) -> list[RequestOutput]:
+        outputs = []
+        for batch, logits in zip(plan.batches, all_logits, strict=True):
+            outputs.extend(self._postprocess_batch(batch, logits))
+        return outputs
+
+    def _postprocess_batch(
+        self, batch: ScheduledBatch, logits: torch.Tensor
+    ) -> list[RequestOutput]:
+        manager = self.managers[batch.member]
+        manager.commit_batch([r.request_id for r in batch.requests], batch.num_new_tokens)
+        rows = []
+        for i, (request, n) in enumerate(zip(batch.requests, batch.num_new_tokens, strict=True)):
+            before = request.num_computed_tokens
+            request.num_computed_tokens += n
+            prompt_end = min(request.num_computed_tokens, request.num_prompt_tokens)
+            self.counters.prompt_tokens_computed += max(0, prompt_end - before)
+            if request.num_computed_tokens == request.num_tokens:  # logits for a new token
+                rows.append(i)
+        if not rows:
+            return []
+        sampled = sample(
+            logits[rows],
+            [
+                SamplingRow(r.sampling, r.prompt_token_ids, r.output_token_ids, r.generator)
+                for r in (batch.requests[i] for i in rows)
+            ],
+        ).tolist()
+        requests = [batch.requests[i] for i in rows]
+        manager.append_token_batch([r.request_id for r in requests], sampled)
+        return [self._append(r, token) for r, token in zip(requests, sampled, strict=True)]
+
+    def _append(self, request: Request, token: int) -> RequestOutput:
+        request.output_token_ids.append(token)
+        if request.first_token_time is None:
+            request.first_token_time = time.perf_counter()
+        self.counters.generated_tokens += 1
+        text = self._texts[request.request_id]
+        text.add(token)
+        params = request.sampling
+        eos = self.models[request.member].config.eos_token_ids
+        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos))
+        if token in stop_ids or text.stopped:
+            return self._finish(request, "stop", new_token=token, stop_token=token in stop_ids)
+        if (
+            request.num_output_tokens >= params.max_tokens
+            or request.num_tokens >= self.max_model_len(request.member)
+        ):
+            return self._finish(request, "length", new_token=token)
+        return self._output(request, (token,), text.take_delta(final=False), None)
+
+    def _finish(
+        self,
+        request: Request,
+        reason: str,
+        *,
+        new_token: int | None = None,
+        stop_token: bool = False,
+    ) -> RequestOutput:
+        request.finish_reason = reason
+        self.scheduler.finish(request)
+        del self.requests[request.request_id]
+        text = self._texts.pop(request.request_id)
+        text.finish()
+        num_reply = text.num_reply_tokens()
+        if stop_token:
+            num_reply = min(num_reply, request.num_output_tokens - 1)
+        self.counters.finished[reason] = self.counters.finished.get(reason, 0) + 1
+        new = () if new_token is None else (new_token,)
+        return self._output(
+            request,
+            new,
+            text.take_delta(final=True),
+            reason,
+            tuple(request.output_token_ids[:num_reply]),
+        )
+
+    @staticmethod
+    def _output(
+        request: Request,
+        new: tuple[int, ...],
+        delta: str,
+        reason: str | None,
+        reply_ids: tuple[int, ...] | None = None,
+    ) -> RequestOutput:
+        return RequestOutput(
+            request_id=request.request_id,
+            new_token_ids=new,
+            delta_text=delta,
+            finish_reason=reason,
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_cached_tokens=request.num_cached_tokens,
+            num_output_tokens=request.num_output_tokens,
+            reply_token_ids=reply_ids,
+        )

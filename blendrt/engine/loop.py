@@ -1,0 +1,139 @@
+"""EngineLoop: one thread drives the engine; any thread or asyncio task talks to it.
+
+Callers put commands on a thread-safe queue and get results through futures; outputs are
+delivered to a per-request sink (a callable that must not block: it typically puts into a
+queue.Queue or schedules onto an asyncio loop). The engine itself is touched by the loop
+thread only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from blendrt.engine.engine import LLMEngine
+from blendrt.engine.request import RequestOutput
+from blendrt.sampling import SamplingParams
+
+logger = logging.getLogger("blendrt.engine")
+T = TypeVar("T")
+Sink = Callable[[RequestOutput], None]
+
+
+class EngineLoop:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._commands: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
+        self._sinks: dict[int, Sink] = {}  # {request_id: sink}, loop thread only
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="blendrt-engine", daemon=True)
+        self._thread.start()
+
+    # ---- front door (any thread) --------------------------------------------------------
+
+    def call(self, fn: Callable[[LLMEngine], T]) -> T:
+        """Runs fn(engine) on the loop thread between steps and returns its result."""
+        return self.call_soon(fn).result()
+
+    def call_soon(self, fn: Callable[[LLMEngine], T]) -> Future:
+        """Queues fn(engine) for the loop thread; the future holds its result."""
+        if self._closed.is_set():
+            raise RuntimeError("the engine loop is shut down")
+        future: Future = Future()
+        self._commands.put((lambda: fn(self.engine), future))
+        return future
+
+    def submit(
+        self, member: str, prompt_token_ids: list[int], sampling: SamplingParams, sink: Sink
+    ) -> int:
+        """Queues a request; outputs go to sink. Raises ValueError for a bad request."""
+        return self.submit_soon(member, prompt_token_ids, sampling, sink).result()
+
+    def submit_soon(
+        self, member: str, prompt_token_ids: list[int], sampling: SamplingParams, sink: Sink
+    ) -> Future:
+        """As submit, without waiting: the future holds the request id (or the error)."""
+
+        def add(engine: LLMEngine) -> int:
+            request = engine.add_request(member, prompt_token_ids, sampling)
+            self._sinks[request.request_id] = sink
+            return request.request_id
+
+        return self.call_soon(add)
+
+    def abort(self, request_id: int) -> None:
+        """Cancels a request (no-op if finished); its pages are freed before this returns."""
+        if not self._closed.is_set():
+            self.abort_soon(request_id).result()
+
+    def abort_soon(self, request_id: int) -> Future:
+        """Queues the cancellation; the future completes once the pages are freed."""
+
+        def abort(engine: LLMEngine) -> None:
+            output = engine.abort_request(request_id)
+            sink = self._sinks.pop(request_id, None)
+            if output is not None and sink is not None:
+                sink(output)
+
+        return self.call_soon(abort)
+
+    def shutdown(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._commands.put((lambda: None, Future()))  # wake the thread
+            self._thread.join()
+
+    # ---- the loop (its own thread) -------------------------------------------------------
+
+    def _run_command(self, command: tuple[Callable[[], Any], Future]) -> None:
+        fn, future = command
+        try:
+            future.set_result(fn())
+        except BaseException as e:  # handed to the caller, never kills the loop
+            future.set_exception(e)
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            if not self.engine.has_unfinished_requests():
+                self._run_command(self._commands.get())  # idle: sleep until work arrives
+            while True:
+                try:
+                    self._run_command(self._commands.get_nowait())
+                except queue.Empty:
+                    break
+            if self.engine.has_unfinished_requests() and not self._closed.is_set():
+                self._step()
+        self._fail_requests("the engine loop was shut down")
+        while True:  # callers blocked on a command must not hang
+            try:
+                _, future = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if not future.done():
+                future.set_exception(RuntimeError("the engine loop was shut down"))
+
+    def _step(self) -> None:
+        try:
+            outputs = self.engine.step()
+        except Exception as e:  # a failed step fails its requests, not the service
+            logger.exception("engine step failed")
+            self._fail_requests(f"engine step failed: {type(e).__name__}: {e}")
+            return
+        for output in outputs:
+            sink = self._sinks.get(output.request_id)
+            if output.finished:
+                self._sinks.pop(output.request_id, None)
+            if sink is not None:
+                sink(output)
+
+    def _fail_requests(self, message: str) -> None:
+        for request_id in list(self.engine.requests):
+            output = self.engine.abort_request(request_id)
+            sink = self._sinks.pop(request_id, None)
+            if output is not None and sink is not None:
+                sink(dataclasses.replace(output, error=message))
