@@ -14,7 +14,8 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from blendrt.engine.engine import LLMEngine
 from blendrt.engine.loop import EngineLoop
 from blendrt.engine.request import RequestOutput
 from blendrt.engine.stats import engine_stats
-from blendrt.models.loaded import load_model
+from blendrt.models.loaded import LoadedModel, load_model
 from blendrt.policy import MemberPolicy
 from blendrt.sampling import SamplingParams
 from blendrt.tokenizer.chat_format import ChatFormat, Message, get_chat_format, validate_messages
@@ -85,7 +86,10 @@ class Blend:
         policy: str = "uniform",
         seed: int | None = None,
         config: EngineConfig | None = None,
+        models: dict[str, LoadedModel] | None = None,
     ) -> None:
+        """`models` may pass members already loaded ({name: LoadedModel}), e.g. to build
+        several blends over the same weights; they must not serve two blends at once."""
         if not members:
             raise ValueError("a blend needs at least one member")
         names = [m.name for m in members]
@@ -94,8 +98,10 @@ class Blend:
         self.config = config or EngineConfig()
         self.members = {m.name: m for m in members}
         self.policy = MemberPolicy(names, [m.weight for m in members], policy, seed)
+        given = models or {}
         models = {
-            m.name: load_model(
+            m.name: given.get(m.name)
+            or load_model(
                 m.path,
                 device=self.config.device,
                 dtype=self.config.dtype,
@@ -211,6 +217,15 @@ class Blend:
         except BaseException:
             self._loop.abort(request_id)
             raise
+
+    def submit(self, turn: PreparedTurn, sink: Callable[[RequestOutput], None]) -> Future:
+        """Low-level: queues a prepared turn; `sink` gets every RequestOutput on the engine
+        thread (it must not block). The future holds the request id, for abort()."""
+        return self._loop.submit_soon(turn.member, turn.prompt_ids, turn.sampling, sink)
+
+    def abort(self, request_id: int) -> None:
+        """Cancels a submitted request; its pages are freed before this returns."""
+        self._loop.abort(request_id)
 
     def stream(
         self,

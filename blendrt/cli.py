@@ -173,6 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a scripted user turn (repeatable): chat without a terminal",
     )
     chat.set_defaults(func=cmd_chat)
+    bench = sub.add_parser("bench", help="benchmark blended multi-turn serving")
+    from blendrt.bench.main import add_args as add_bench_args
+    from blendrt.bench.main import run as run_bench
+
+    add_bench_args(bench)
+    bench.set_defaults(func=run_bench)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -117,6 +117,12 @@ class KVCacheManager:
     def num_pages(self) -> int:
         return self._core.num_pages
 
+    @property
+    def num_pages_in_use(self) -> int:
+        """Pages referenced by live sequences (neither free nor cached-unreferenced)."""
+        core = self._core
+        return core.num_pages - core.num_free_pages - core.num_evictable_pages
+
     # ---- sequences -----------------------------------------------------------------------
 
     def add_sequence(

@@ -34,6 +34,8 @@ class EngineCounters:
     generated_tokens: int = 0
     steps: int = 0
     busy_seconds: float = 0.0
+    peak_pages_in_use: int = 0  # most pages referenced by running requests in a step
+    peak_running: int = 0  # most requests running at once
     finished: dict[str, int] = field(default_factory=dict)  # {finish reason: requests}
 
 
@@ -181,6 +183,11 @@ class LLMEngine:
     def _postprocess(
         self, plan: SchedulerOutput, all_logits: list[torch.Tensor]
     ) -> list[RequestOutput]:
+        # Pages in use peak now: scheduled requests hold theirs, none is finished yet.
+        in_use = sum(m.num_pages_in_use for m in set(self.managers.values()))
+        self.counters.peak_pages_in_use = max(self.counters.peak_pages_in_use, in_use)
+        running = len(self.scheduler.running)
+        self.counters.peak_running = max(self.counters.peak_running, running)
         outputs = []
         for batch, logits in zip(plan.batches, all_logits, strict=True):
             outputs.extend(self._postprocess_batch(batch, logits))

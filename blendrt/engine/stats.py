@@ -31,6 +31,7 @@ def engine_stats(engine: LLMEngine) -> dict:
             "pages_free": sum(s.pages_free for s in pools.values()),
             "pages_cached": sum(s.pages_cached for s in pools.values()),
             "pages_in_use": sum(s.pages_in_use for s in pools.values()),
+            "peak_pages_in_use": c.peak_pages_in_use,
         },
         "members": members,
         "prefix_hit_rate": hits / looked_up if looked_up else 0.0,
@@ -41,6 +42,7 @@ def engine_stats(engine: LLMEngine) -> dict:
         "steps": c.steps,
         "preemptions": engine.scheduler.num_preemptions,
         "requests_running": len(engine.scheduler.running),
+        "peak_requests_running": c.peak_running,
         "requests_waiting": len(engine.scheduler.waiting),
         "finished": dict(c.finished),
     }

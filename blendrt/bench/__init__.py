@@ -1,0 +1,2 @@
+"""`blendrt bench`: blended multi-turn serving, blendrt against transformers and against one
+pool per member, in one run."""
