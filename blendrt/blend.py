@@ -153,14 +153,16 @@ class Blend:
         out = []
         with self._replies_lock:
             for m in messages:
+                # NOTE: an untagged assistant message (a plain OpenAI client) counts as the
+                # member's own when it wrote exactly that text; it then renders from its ids.
                 if (
                     m.get("role") == "assistant"
-                    and m.get("member") == member
+                    and m.get("member") in (member, None)
                     and "token_ids" not in m
                 ):
                     ids = self._replies.get((member, m["content"]))
                     if ids is not None:
-                        m = {**m, "token_ids": list(ids)}
+                        m = {**m, "member": member, "token_ids": list(ids)}
                 out.append(m)
         return out
 
@@ -179,6 +181,7 @@ class Blend:
         start: float,
         first_token: float | None,
     ) -> Reply:
+        text = text.lstrip(" ")  # leading spaces belong to the format ("Bob: Hi")
         reply_ids = list(last.reply_token_ids or ())
         self.remember(turn.member, text, reply_ids)
         end = time.perf_counter()

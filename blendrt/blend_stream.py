@@ -60,17 +60,19 @@ class BlendStream:
                     raise RuntimeError(out.error)
                 if first_token is None and out.new_token_ids:
                     first_token = time.perf_counter()
-                parts.append(out.delta_text)
+                # The reply's leading spaces belong to the format ("Bob: Hi"), not the text.
+                delta = out.delta_text if parts else out.delta_text.lstrip(" ")
+                if delta:
+                    parts.append(delta)
                 if out.finished:
                     finished = True
                     self.reply = self._blend.finish_reply(
                         turn, "".join(parts), out, start, first_token
                     )
-                    if out.delta_text:
-                        yield out.delta_text
+                if delta:
+                    yield delta
+                if finished:
                     return
-                if out.delta_text:
-                    yield out.delta_text
         finally:
             if not finished:
                 await asyncio.wrap_future(engine_loop.abort_soon(request_id))

@@ -21,8 +21,8 @@ chunk after it tokenizes as in a whole text, legacy or not); any other text with
 tokenizes only its new messages.
 
 The four built-in formats (pygmalion, vicuna, llama-2-chat, chatml) and their registry
-`CHAT_FORMATS` live in `builtin_formats`; they are importable from here too, loaded on first
-use (`builtin_formats` subclasses `ChatFormat`, so importing it here up front would be a cycle).
+`CHAT_FORMATS` live in `builtin_formats` (which subclasses `ChatFormat`; `get_chat_format`
+imports it lazily to avoid a cycle).
 """
 
 from __future__ import annotations
@@ -33,11 +33,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from blendrt.tokenizer.builtin_formats import CHAT_FORMATS as CHAT_FORMATS
-    from blendrt.tokenizer.builtin_formats import ChatML as ChatML
-    from blendrt.tokenizer.builtin_formats import Llama2Chat as Llama2Chat
-    from blendrt.tokenizer.builtin_formats import Pygmalion as Pygmalion
-    from blendrt.tokenizer.builtin_formats import Vicuna as Vicuna
     from blendrt.tokenizer.tokenizer import Tokenizer
 
 #: One message: {"role": "system" | "user" | "assistant", "content": str}; an assistant
@@ -236,15 +231,3 @@ def get_chat_format(tokenizer: Tokenizer, name: str | None = None, **options: An
             f"{names}"
         )
     return TemplateChatFormat(tokenizer, template, **options)
-
-
-_BUILTINS = frozenset({"CHAT_FORMATS", "ChatML", "Llama2Chat", "Pygmalion", "Vicuna"})
-
-
-def __getattr__(name: str) -> Any:
-    """The built-in formats and `CHAT_FORMATS`, from `builtin_formats` (imported on first use)."""
-    if name in _BUILTINS:
-        from blendrt.tokenizer import builtin_formats
-
-        return getattr(builtin_formats, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
