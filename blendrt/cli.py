@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 
 from blendrt.blend import Blend, Member
 from blendrt.config import EngineConfig
+from blendrt.models.loaded import load_model
 from blendrt.policy import POLICIES
 from blendrt.sampling import SamplingParams
 
@@ -90,7 +93,34 @@ def build_blend(args: argparse.Namespace, members: Sequence[Member]) -> Blend:
         for m in members
     ]
     config = EngineConfig(device=args.device, dtype=args.dtype, kv_cache_bytes=args.kv_cache_bytes)
-    return Blend(members, policy=args.policy, seed=args.seed, config=config)
+    models = {}
+    for m in members:  # one at a time, with progress: big members take a while
+        print(f"loading {m.name} from {m.path} ...", end="", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        models[m.name] = load_model(
+            m.path,
+            device=config.device,
+            dtype=config.dtype,
+            attention_backend=config.attention_backend,
+        )
+        params = sum(p.numel() for p in models[m.name].model.parameters())
+        print(
+            f" {params / 1e6:.1f}M parameters, {models[m.name].dtype}, "
+            f"{time.perf_counter() - start:.1f} s",
+            file=sys.stderr,
+        )
+    blend = Blend(members, policy=args.policy, seed=args.seed, config=config, models=models)
+    stats = blend.stats()["pool"]
+    print(
+        f"pool: {stats['num_pages']} pages x {stats['page_bytes']} bytes = "
+        f"{stats['num_pages'] * stats['page_bytes'] / 2**20:.1f} MiB on {config.device}; "
+        + ", ".join(
+            f"{name} {m['tokens_per_page']} tokens/page"
+            for name, m in blend.stats()["members"].items()
+        ),
+        file=sys.stderr,
+    )
+    return blend
 
 
 def user_lines(scripted: list[str] | None) -> Iterator[str]:
@@ -134,6 +164,20 @@ async def stream_turn(
     return {"role": "assistant", "content": reply.text, "member": reply.member}
 
 
+async def chat_turn(blend: Blend, messages: list[dict], member: str | None,
+                    sampling: SamplingParams) -> dict:
+    """One turn; when the history outgrows the member's context, the oldest exchanges are
+    dropped (the system message stays) until it fits."""
+    while True:
+        try:
+            return await stream_turn(blend, messages, member, sampling)
+        except ValueError as e:
+            first = 1 if messages[0]["role"] == "system" else 0
+            if "context" not in str(e) or len(messages) - first < 3:
+                raise
+            del messages[first : first + 2]
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     with build_blend(args, args.members) as blend:
         names = ", ".join(f"{n} ({blend.formats[n].name or 'template'})" for n in blend.members)
@@ -146,7 +190,29 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if args.say or not sys.stdin.isatty():
                 print(f"you> {line}")
             messages.append({"role": "user", "content": line})
-            messages.append(asyncio.run(stream_turn(blend, messages, args.member, sampling)))
+            messages.append(asyncio.run(chat_turn(blend, messages, args.member, sampling)))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from blendrt.server.app import create_app
+
+    api_key = args.api_key or os.environ.get("BLENDRT_API_KEY") or None
+    with build_blend(args, [parse_member(spec) for spec in args.member]) as blend:
+        app = create_app(
+            blend,
+            api_key=api_key,
+            max_in_flight=args.max_in_flight,
+            max_body_bytes=args.max_body_bytes,
+        )
+        print(
+            f"serving {', '.join(['blend', *blend.members])} on http://{args.host}:"
+            f"{args.port}/v1 (API key {'required' if api_key else 'not required'})",
+            file=sys.stderr,
+        )
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
@@ -173,6 +239,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a scripted user turn (repeatable): chat without a terminal",
     )
     chat.set_defaults(func=cmd_chat)
+    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server for a blend")
+    serve.add_argument(
+        "--member",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a member model folder (repeatable; default: the demo blend)",
+    )
+    add_blend_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (loopback default)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=None, help="require this key (or BLENDRT_API_KEY)")
+    serve.add_argument(
+        "--max-in-flight", type=int, default=256, help="requests served at once; more get 429"
+    )
+    serve.add_argument("--max-body-bytes", type=int, default=4 << 20)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
     bench = sub.add_parser("bench", help="benchmark blended multi-turn serving")
     from blendrt.bench.main import add_args as add_bench_args
     from blendrt.bench.main import run as run_bench

@@ -1,0 +1,1 @@
+"""`blendrt serve`: an OpenAI-compatible HTTP server for a blend."""
