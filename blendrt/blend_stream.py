@@ -24,6 +24,15 @@ class BlendStream:
         self._blend = blend
         self._turn = turn
         self._gen = self._run()
+        self._request_id: int | None = None
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Aborts the request from outside the iteration (any coroutine of the same loop,
+        e.g. a watcher of the client's connection); iteration then ends with no more text."""
+        self._cancelled = True
+        if self._request_id is not None:
+            self._blend._loop.abort_soon(self._request_id)
 
     def __aiter__(self) -> BlendStream:
         return self
@@ -51,7 +60,20 @@ class BlendStream:
             turn.sampling,
             lambda out: loop.call_soon_threadsafe(outputs.put_nowait, out),
         )
-        request_id = await asyncio.wrap_future(future)
+        try:
+            request_id = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # Cancelled while queued: the command never runs, or, if it already ran, the
+            # request is aborted as soon as its id is known.
+            future.add_done_callback(
+                lambda f: (
+                    None if f.cancelled() or f.exception() else engine_loop.abort_soon(f.result())
+                )
+            )
+            raise
+        self._request_id = request_id
+        if self._cancelled:
+            engine_loop.abort_soon(request_id)
         finished = False
         try:
             while True:

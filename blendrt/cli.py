@@ -164,8 +164,9 @@ async def stream_turn(
     return {"role": "assistant", "content": reply.text, "member": reply.member}
 
 
-async def chat_turn(blend: Blend, messages: list[dict], member: str | None,
-                    sampling: SamplingParams) -> dict:
+async def chat_turn(
+    blend: Blend, messages: list[dict], member: str | None, sampling: SamplingParams
+) -> dict:
     """One turn; when the history outgrows the member's context, the oldest exchanges are
     dropped (the system message stays) until it fits."""
     while True:

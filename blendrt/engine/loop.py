@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
 from blendrt.engine.engine import LLMEngine
@@ -38,7 +39,15 @@ class EngineLoop:
 
     def call(self, fn: Callable[[LLMEngine], T]) -> T:
         """Runs fn(engine) on the loop thread between steps and returns its result."""
-        return self.call_soon(fn).result()
+        return self._wait(self.call_soon(fn))
+
+    def _wait(self, future: Future) -> Any:
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except FutureTimeout:
+                if not self._thread.is_alive() and not future.done():
+                    raise RuntimeError("the engine loop is shut down") from None
 
     def call_soon(self, fn: Callable[[LLMEngine], T]) -> Future:
         """Queues fn(engine) for the loop thread; the future holds its result."""
@@ -52,7 +61,7 @@ class EngineLoop:
         self, member: str, prompt_token_ids: list[int], sampling: SamplingParams, sink: Sink
     ) -> int:
         """Queues a request; outputs go to sink. Raises ValueError for a bad request."""
-        return self.submit_soon(member, prompt_token_ids, sampling, sink).result()
+        return self._wait(self.submit_soon(member, prompt_token_ids, sampling, sink))
 
     def submit_soon(
         self, member: str, prompt_token_ids: list[int], sampling: SamplingParams, sink: Sink
@@ -69,16 +78,15 @@ class EngineLoop:
     def abort(self, request_id: int) -> None:
         """Cancels a request (no-op if finished); its pages are freed before this returns."""
         if not self._closed.is_set():
-            self.abort_soon(request_id).result()
+            self._wait(self.abort_soon(request_id))
 
     def abort_soon(self, request_id: int) -> Future:
         """Queues the cancellation; the future completes once the pages are freed."""
 
         def abort(engine: LLMEngine) -> None:
             output = engine.abort_request(request_id)
-            sink = self._sinks.pop(request_id, None)
-            if output is not None and sink is not None:
-                sink(output)
+            if output is not None:
+                self._deliver(output)
 
         return self.call_soon(abort)
 
@@ -92,12 +100,31 @@ class EngineLoop:
 
     def _run_command(self, command: tuple[Callable[[], Any], Future]) -> None:
         fn, future = command
+        # NOTE: a caller may cancel its future (an asyncio task cancelled while waiting);
+        # then the command does not run at all.
+        if not future.set_running_or_notify_cancel():
+            return
         try:
             future.set_result(fn())
         except BaseException as e:  # handed to the caller, never kills the loop
             future.set_exception(e)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException:  # never leave callers waiting on a dead thread
+            logger.exception("engine loop crashed")
+            self._closed.set()
+        self._fail_requests("the engine loop was shut down")
+        while True:  # callers blocked on a command must not hang
+            try:
+                _, future = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if not future.done():
+                future.set_exception(RuntimeError("the engine loop was shut down"))
+
+    def _serve(self) -> None:
         while not self._closed.is_set():
             if not self.engine.has_unfinished_requests():
                 self._run_command(self._commands.get())  # idle: sleep until work arrives
@@ -108,14 +135,6 @@ class EngineLoop:
                     break
             if self.engine.has_unfinished_requests() and not self._closed.is_set():
                 self._step()
-        self._fail_requests("the engine loop was shut down")
-        while True:  # callers blocked on a command must not hang
-            try:
-                _, future = self._commands.get_nowait()
-            except queue.Empty:
-                break
-            if not future.done():
-                future.set_exception(RuntimeError("the engine loop was shut down"))
 
     def _step(self) -> None:
         try:
@@ -125,15 +144,25 @@ class EngineLoop:
             self._fail_requests(f"engine step failed: {type(e).__name__}: {e}")
             return
         for output in outputs:
-            sink = self._sinks.get(output.request_id)
-            if output.finished:
-                self._sinks.pop(output.request_id, None)
-            if sink is not None:
-                sink(output)
+            self._deliver(output)
+
+    def _deliver(self, output: RequestOutput) -> None:
+        """Hands an output to its sink. NOTE: a sink that raises (say, its event loop is
+        closed: nobody is listening) loses its request, which is aborted; the loop goes on."""
+        sink = self._sinks.get(output.request_id)
+        if output.finished:
+            self._sinks.pop(output.request_id, None)
+        if sink is None:
+            return
+        try:
+            sink(output)
+        except Exception:
+            logger.exception("output sink of request %d failed; aborting it", output.request_id)
+            self._sinks.pop(output.request_id, None)
+            self.engine.abort_request(output.request_id)
 
     def _fail_requests(self, message: str) -> None:
         for request_id in list(self.engine.requests):
             output = self.engine.abort_request(request_id)
-            sink = self._sinks.pop(request_id, None)
-            if output is not None and sink is not None:
-                sink(dataclasses.replace(output, error=message))
+            if output is not None:
+                self._deliver(dataclasses.replace(output, error=message))

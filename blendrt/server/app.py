@@ -312,6 +312,14 @@ async def _sse(
         }
         return f"data: {json.dumps(body)}\n\n"
 
+    async def watch_connection() -> None:
+        # NOTE: uvicorn drops writes to a closed connection silently, so a client that hangs
+        # up is noticed here, on the receive channel, and its request aborted.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        out.cancel()
+
+    watcher = asyncio.ensure_future(watch_connection())
     try:
         if chat:
             yield chunk(
@@ -336,5 +344,6 @@ async def _sse(
             yield chunk([], usage=_usage(out))
         yield "data: [DONE]\n\n"
     finally:
-        await out.aclose()  # a disconnected client lands here too: abort, pages freed
+        watcher.cancel()
+        await out.aclose()
         release()

@@ -201,3 +201,22 @@ def test_bad_input_gets_clear_errors_and_the_blend_keeps_serving(member_folders)
         assert blend.chat(ok, sampling=greedy(4)).usage.completion_tokens == 4
         with pytest.raises(ValueError, match="unique"):
             Blend([Member("a", "x"), Member("a", "y")])
+
+
+def test_a_failing_output_sink_loses_only_its_request(member_folders) -> None:
+    def broken(out: object) -> None:
+        raise RuntimeError("nobody is listening")
+
+    with make_blend(member_folders) as blend:
+        turn = blend.prepare(
+            [{"role": "user", "content": "hi"}], member="llama", sampling=greedy(50)
+        )
+        blend.submit(turn, broken).result()
+        stats = blend.stats()
+        for _ in range(100):
+            if stats["requests_running"] + stats["requests_waiting"] == 0:
+                break
+            stats = blend.stats()
+        assert stats["finished"] == {"abort": 1} and stats["pool"]["pages_in_use"] == 0
+        ok = [{"role": "user", "content": "hello"}]
+        assert blend.chat(ok, sampling=greedy(3)).usage.completion_tokens == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     ]
     blend = Blend(members, seed=0, config=EngineConfig(device="cpu", num_pages=512))
     app = create_app(blend, api_key=API_KEY, max_in_flight=64, max_body_bytes=64 * 1024)
+    with run_server(app) as base_url:
+        yield Served(blend, base_url)
+    blend.close()
+
+
+@contextlib.contextmanager
+def run_server(app: object) -> Iterator[str]:
+    """Serves app with uvicorn on an ephemeral loopback port; yields its base URL."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -45,10 +54,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             break
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    yield Served(blend, f"http://127.0.0.1:{port}")
-    server.should_exit = True
-    thread.join(timeout=10)
-    blend.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def wait_idle(blend: Blend, timeout: float = 10.0) -> dict:

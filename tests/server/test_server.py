@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from conftest import API_KEY, wait_idle
+from conftest import API_KEY, run_server, wait_idle
 
 openai = pytest.importorskip("openai")
 
@@ -108,7 +108,8 @@ def test_fifty_concurrent_streams_complete_and_leave_no_pages(served, capsys) ->
 
 
 def test_dropped_clients_free_their_pages(served) -> None:
-    body = {"model": "vic", "messages": HELLO, "max_tokens": 400, "stream": True}
+    body = {"model": "vic", "messages": HELLO, "max_tokens": 400, "stream": True,
+            "ignore_eos": True}
     headers = {"authorization": f"Bearer {API_KEY}"}
     for _ in range(3):
         with (
@@ -116,8 +117,9 @@ def test_dropped_clients_free_their_pages(served) -> None:
             h.stream("POST", "/v1/chat/completions", json=body) as r,
         ):
             assert r.status_code == 200
-            lines = r.iter_lines()
-            assert next(lines).startswith("data: ")  # then hang up mid-stream
+            lines = (line for line in r.iter_lines() if line.startswith("data: "))
+            next(lines)  # the role chunk
+            assert '"content"' in next(lines)  # a generated token: then hang up mid-stream
     stats = wait_idle(served.blend)
     assert stats["pool"]["pages_in_use"] == 0
     assert stats["requests_running"] == 0 and stats["finished"].get("abort", 0) >= 3
@@ -217,16 +219,17 @@ def test_completions_models_health_and_metrics(served) -> None:
 def test_a_full_queue_answers_429(served) -> None:
     from blendrt.server.app import create_app
 
-    app = create_app(served.blend, max_in_flight=1)
-    transport = httpx.ASGITransport(app=app)
-
-    async def main() -> tuple[int, int]:
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as h:
-            body = {"model": "vic", "messages": HELLO, "max_tokens": 200, "stream": True}
-            async with h.stream("POST", "/v1/chat/completions", json=body) as first:
-                await first.aiter_lines().__anext__()
-                second = await h.post("/v1/chat/completions", json={**body, "stream": False})
-                return first.status_code, second.status_code
-
-    assert asyncio.run(main()) == (200, 429)
+    body = {"model": "vic", "messages": HELLO, "max_tokens": 300, "stream": True,
+            "ignore_eos": True}
+    with (
+        run_server(create_app(served.blend, max_in_flight=1)) as url,
+        httpx.Client(base_url=url, timeout=30) as h,
+        h.stream("POST", "/v1/chat/completions", json=body) as first,
+    ):
+        lines = (line for line in first.iter_lines() if line.startswith("data: "))
+        next(lines)
+        assert '"content"' in next(lines)  # the first request is generating
+        second = h.post("/v1/chat/completions", json={**body, "stream": False})
+        assert (first.status_code, second.status_code) == (200, 429)
+        assert second.json()["error"]["type"] == "rate_limit_error"
     wait_idle(served.blend)
