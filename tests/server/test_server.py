@@ -108,8 +108,13 @@ def test_fifty_concurrent_streams_complete_and_leave_no_pages(served, capsys) ->
 
 
 def test_dropped_clients_free_their_pages(served) -> None:
-    body = {"model": "vic", "messages": HELLO, "max_tokens": 400, "stream": True,
-            "ignore_eos": True}
+    body = {
+        "model": "vic",
+        "messages": HELLO,
+        "max_tokens": 400,
+        "stream": True,
+        "ignore_eos": True,
+    }
     headers = {"authorization": f"Bearer {API_KEY}"}
     for _ in range(3):
         with (
@@ -219,8 +224,13 @@ def test_completions_models_health_and_metrics(served) -> None:
 def test_a_full_queue_answers_429(served) -> None:
     from blendrt.server.app import create_app
 
-    body = {"model": "vic", "messages": HELLO, "max_tokens": 300, "stream": True,
-            "ignore_eos": True}
+    body = {
+        "model": "vic",
+        "messages": HELLO,
+        "max_tokens": 300,
+        "stream": True,
+        "ignore_eos": True,
+    }
     with (
         run_server(create_app(served.blend, max_in_flight=1)) as url,
         httpx.Client(base_url=url, timeout=30) as h,
