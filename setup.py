@@ -1,4 +1,5 @@
-"""Builds blendrt._core, the C++ core (page allocator, prefix index, batch metadata).
+"""Builds blendrt._core, the C++ core (page allocator, prefix index, batch metadata, CPU
+paged attention).
 
 There is one implementation of the core: if the compiler fails, the install fails with its
 message. Everything else about the package lives in pyproject.toml.
@@ -14,7 +15,8 @@ core = Pybind11Extension(
     sorted(glob("csrc/*.cpp")),
     include_dirs=["csrc"],
     cxx_std=17,
-    extra_compile_args=["-O3", "-Wall", "-Wextra"],
+    # -fopenmp-simd: honour `omp simd` loop hints (vector reductions) without an OpenMP runtime.
+    extra_compile_args=["-O3", "-Wall", "-Wextra", "-fopenmp-simd"],
 )
 
 setup(ext_modules=[core], cmdclass={"build_ext": build_ext})

@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include "batch_metadata.h"
+#include "cpu_attention.h"
 #include "hash128.h"
 #include "kv_cache_core.h"
 
@@ -54,7 +55,9 @@ py::dict batch_to_dict(BatchMetadata&& md) {
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "blendrt C++ core: page allocator, prefix index, sequences, batch metadata";
+  m.doc() =
+      "blendrt C++ core: page allocator, prefix index, sequences, batch metadata, CPU paged "
+      "attention";
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -72,6 +75,57 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("data"), py::arg("k0"), py::arg("k1"),
       "SipHash-2-4 with 128-bit output; returns (low 64 bits, high 64 bits).");
+
+  m.def(
+      "paged_attention_cpu",
+      [](uintptr_t out, uintptr_t q, uintptr_t k_cache, uintptr_t v_cache, int64_t num_pages,
+         int64_t page_stride, int64_t token_stride, int64_t head_stride,
+         const I32Array& block_tables, const I32Array& cu_seqlens_q,
+         const I32Array& context_lens, const I32Array& seq_ids, int32_t num_q_heads,
+         int32_t num_kv_heads, int32_t head_dim, int32_t tokens_per_page, float scale,
+         int32_t dtype, int32_t num_threads) {
+        if (block_tables.ndim() != 2) throw std::invalid_argument("block_tables must be 2-D");
+        const py::ssize_t num_seqs = block_tables.shape(0);
+        if (cu_seqlens_q.ndim() != 1 || cu_seqlens_q.size() != num_seqs + 1 ||
+            context_lens.ndim() != 1 || context_lens.size() != num_seqs) {
+          throw std::invalid_argument("cu_seqlens_q must be [B + 1] and context_lens [B]");
+        }
+        const I32Array ids = flat(seq_ids, "seq_ids");
+        if (dtype < 0 || dtype > 2) throw std::invalid_argument("dtype code must be 0, 1 or 2");
+        blendrt::PagedAttentionArgs args{
+            reinterpret_cast<void*>(out),
+            reinterpret_cast<const void*>(q),
+            reinterpret_cast<const void*>(k_cache),
+            reinterpret_cast<const void*>(v_cache),
+            num_pages,
+            page_stride,
+            token_stride,
+            head_stride,
+            num_seqs,
+            block_tables.data(),
+            block_tables.shape(1),
+            cu_seqlens_q.data(),
+            context_lens.data(),
+            ids.data(),
+            ids.size(),
+            num_q_heads,
+            num_kv_heads,
+            head_dim,
+            tokens_per_page,
+            scale,
+            static_cast<blendrt::StorageType>(dtype),
+            std::max(num_threads, 1)};
+        py::gil_scoped_release release;
+        blendrt::paged_attention_cpu(args);
+      },
+      py::arg("out"), py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
+      py::arg("num_pages"), py::arg("page_stride"), py::arg("token_stride"),
+      py::arg("head_stride"), py::arg("block_tables"), py::arg("cu_seqlens_q"),
+      py::arg("context_lens"), py::arg("seq_ids"), py::arg("num_q_heads"),
+      py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("tokens_per_page"),
+      py::arg("scale"), py::arg("dtype"), py::arg("num_threads"),
+      "Paged attention over raw CPU buffers; use blendrt.ops.cpu_attention, which checks "
+      "the tensors behind the pointers.");
 
   py::class_<KVCacheCore>(m, "KVCacheCore")
       .def(py::init<int32_t, uint64_t, bool>(), py::arg("num_pages"), py::arg("hash_seed") = 0,

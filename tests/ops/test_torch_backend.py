@@ -1,4 +1,5 @@
-"""The CPU backend (decode rows batched) against the per-sequence reference."""
+"""The torch backend against the per-sequence reference: on the CPU (C++ kernel for short rows,
+SDPA for long ones) and its device-generic padded decode."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import torch
 from blendrt.cache import KVGeometry, PagePool
 from blendrt.ops.attention import AttentionMetadata
 from blendrt.ops.reference import paged_attention_reference
-from blendrt.ops.torch_backend import TorchBackend
+from blendrt.ops.torch_backend import TorchBackend, decode_attention_torch
 
 
-@pytest.mark.parametrize("query_lens", [[1, 1, 1, 1], [1, 7, 1, 3, 1], [5, 1], [1]])
+@pytest.mark.parametrize(
+    "query_lens", [[1, 1, 1, 1], [1, 7, 1, 3, 1], [5, 1], [1], [1, 12, 1, 9], [20]]
+)
 @pytest.mark.parametrize("group", [1, 4])
 def test_matches_reference_on_mixed_batches(query_lens: list[int], group: int) -> None:
     gen = torch.Generator().manual_seed(len(query_lens) * group)
@@ -51,3 +54,9 @@ def test_matches_reference_on_mixed_batches(query_lens: list[int], group: int) -
     ref = paged_attention_reference(q, k_cache, v_cache, tables, cu, context, 0.25)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    if max(query_lens) == 1:  # the padded decode that serves the backend off the CPU
+        padded = decode_attention_torch(
+            q, k_cache, v_cache, tables, meta.context_lens, max(context), 0.25
+        )
+        assert torch.isfinite(padded).all()
+        torch.testing.assert_close(padded, ref, atol=1e-5, rtol=1e-5)

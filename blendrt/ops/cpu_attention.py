@@ -1,0 +1,93 @@
+"""Paged attention on the CPU through the C++ core (`csrc/cpu_attention.cpp`).
+
+The launcher checks every tensor behind the raw pointers it hands to C++ (device, dtype,
+shape, strides) so that bad input raises here, never reads out of bounds there. The kernel
+reads each sequence's pages in place, without gathering them into a padded copy; the torch
+reference it is tested against is `blendrt.ops.reference.paged_attention_reference`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from blendrt import _core
+
+#: Storage codes of `_core.paged_attention_cpu`.
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+SUPPORTED_DTYPES = frozenset(_DTYPE_CODES)
+
+
+def _check_int32_cpu(name: str, t: torch.Tensor, ndim: int) -> None:
+    if t.device.type != "cpu" or t.dtype != torch.int32 or t.dim() != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D int32 CPU tensor, got {t.dtype} {t.shape}")
+
+
+def paged_attention_cpu(
+    q: torch.Tensor,  # [T, H_q, D]
+    k_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D]
+    v_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D], k_cache's strides
+    block_tables: torch.Tensor,  # [B, W] int32 page ids
+    cu_seqlens_q: torch.Tensor,  # [B + 1] int32
+    context_lens: torch.Tensor,  # [B] int32
+    scale: float,
+    seq_ids: torch.Tensor | None = None,  # [N] int32: the sequences to compute; None: all
+    out: torch.Tensor | None = None,  # [T, H_q, D]; rows of other sequences are kept
+) -> torch.Tensor:  # [T, H_q, D]
+    """Query i of sequence b sits at position context_lens[b] - query_len_b + i and attends
+    to keys 0..that position. float32, float16 or bfloat16; accumulates in float32."""
+    dtype = k_cache.dtype
+    if dtype not in _DTYPE_CODES:
+        raise ValueError(f"CPU paged attention supports {list(_DTYPE_CODES)}, got {dtype}")
+    tensors = {"q": q, "k_cache": k_cache, "v_cache": v_cache}
+    for name, t in tensors.items():
+        if t.device.type != "cpu" or t.dtype != dtype or t.dim() != (3 if name == "q" else 4):
+            raise ValueError(
+                f"{name} must be a CPU {dtype} tensor of {3 if name == 'q' else 4} dims, "
+                f"got {t.device} {t.dtype} {tuple(t.shape)}"
+            )
+    num_pages, tokens_per_page, num_kv_heads, head_dim = k_cache.shape
+    if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
+        raise ValueError("v_cache must have k_cache's shape and strides")
+    if k_cache.stride(3) != 1:
+        raise ValueError("the cache's head dim must be contiguous")
+    num_q_heads = q.shape[1]
+    if q.shape[2] != head_dim or num_q_heads % num_kv_heads:
+        raise ValueError(
+            f"q {tuple(q.shape)} does not fit a cache of {num_kv_heads} KV heads x {head_dim}"
+        )
+    _check_int32_cpu("block_tables", block_tables, 2)
+    _check_int32_cpu("cu_seqlens_q", cu_seqlens_q, 1)
+    _check_int32_cpu("context_lens", context_lens, 1)
+    num_seqs = block_tables.shape[0]
+    if seq_ids is None:
+        seq_ids = torch.arange(num_seqs, dtype=torch.int32)
+    _check_int32_cpu("seq_ids", seq_ids, 1)
+    if cu_seqlens_q[-1].item() != q.shape[0]:
+        raise ValueError(f"cu_seqlens_q ends at {cu_seqlens_q[-1].item()}, q has {q.shape[0]} rows")
+    q = q.contiguous()
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {dtype} tensor of shape {tuple(q.shape)}")
+    _core.paged_attention_cpu(
+        out=out.data_ptr(),
+        q=q.data_ptr(),
+        k_cache=k_cache.data_ptr(),
+        v_cache=v_cache.data_ptr(),
+        num_pages=num_pages,
+        page_stride=k_cache.stride(0),
+        token_stride=k_cache.stride(1),
+        head_stride=k_cache.stride(2),
+        block_tables=block_tables.numpy(),
+        cu_seqlens_q=cu_seqlens_q.numpy(),
+        context_lens=context_lens.numpy(),
+        seq_ids=seq_ids.numpy(),
+        num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        tokens_per_page=tokens_per_page,
+        scale=float(scale),
+        dtype=_DTYPE_CODES[dtype],
+        num_threads=torch.get_num_threads(),
+    )
+    return out

@@ -1,0 +1,328 @@
+// Paged attention on the CPU (see cpu_attention.h).
+#include "cpu_attention.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+namespace blendrt {
+namespace {
+
+// Storage <-> float32. float16 goes through the compiler's _Float16 (GCC >= 12, clang).
+inline float load(const float* p) { return *p; }
+inline float load(const _Float16* p) { return static_cast<float>(*p); }
+inline float load(const uint16_t* p) {  // bfloat16: the high half of a float32
+  const uint32_t bits = static_cast<uint32_t>(*p) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline void store(float* p, float x) { *p = x; }
+inline void store(_Float16* p, float x) { *p = static_cast<_Float16>(x); }
+inline void store(uint16_t* p, float x) {  // bfloat16, round to nearest even
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  if (std::isnan(x)) {
+    *p = 0x7FC0;
+    return;
+  }
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  *p = static_cast<uint16_t>(bits >> 16);
+}
+
+template <typename T>
+inline void to_float(const T* src, float* dst, int n) {
+  for (int i = 0; i < n; ++i) dst[i] = load(src + i);
+}
+template <>
+inline void to_float(const float* src, float* dst, int n) {
+  std::memcpy(dst, src, sizeof(float) * n);
+}
+
+// The two inner loops, over one run of tokens of one page, in float32. Four tokens at a time:
+// four independent accumulators hide the add latency, and each acc row is loaded once per
+// four tokens. On x86-64 each is also compiled for AVX2+FMA and picked at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define BLENDRT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define BLENDRT_CLONES
+#endif
+
+// scores[r * score_stride + t] = scale * <queries[r], k[t, head(r)]> for t < n, r < rows,
+// where head(r) = (r % heads) / group picks the KV head of query row r.
+BLENDRT_CLONES void page_scores(const float* k, int64_t token_stride, int n,
+                                const float* queries, int rows, int heads, int group, int d,
+                                float scale, float* scores, int64_t score_stride) {
+  for (int r = 0; r < rows; ++r) {
+    const float* q = queries + static_cast<int64_t>(r) * d;
+    const float* kh = k + static_cast<int64_t>((r % heads) / group) * d;
+    float* out = scores + static_cast<int64_t>(r) * score_stride;
+    int t = 0;
+    for (; t + 4 <= n; t += 4) {
+      const float* k0 = kh + t * token_stride;
+      const float* k1 = k0 + token_stride;
+      const float* k2 = k1 + token_stride;
+      const float* k3 = k2 + token_stride;
+      float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+      for (int j = 0; j < d; ++j) {
+        s0 += q[j] * k0[j];
+        s1 += q[j] * k1[j];
+        s2 += q[j] * k2[j];
+        s3 += q[j] * k3[j];
+      }
+      out[t] = s0 * scale;
+      out[t + 1] = s1 * scale;
+      out[t + 2] = s2 * scale;
+      out[t + 3] = s3 * scale;
+    }
+    for (; t < n; ++t) {
+      const float* k0 = kh + t * token_stride;
+      float s0 = 0.0f;
+#pragma omp simd reduction(+ : s0)
+      for (int j = 0; j < d; ++j) s0 += q[j] * k0[j];
+      out[t] = s0 * scale;
+    }
+  }
+}
+
+// acc[r] += sum over t < n of probs[r * prob_stride + t] * v[t, head(r)].
+BLENDRT_CLONES void page_values(const float* v, int64_t token_stride, int n,
+                                const float* probs, int64_t prob_stride, int rows, int heads,
+                                int group, int d, float* acc) {
+  for (int r = 0; r < rows; ++r) {
+    const float* vh = v + static_cast<int64_t>((r % heads) / group) * d;
+    const float* p = probs + static_cast<int64_t>(r) * prob_stride;
+    float* o = acc + static_cast<int64_t>(r) * d;
+    int t = 0;
+    for (; t + 4 <= n; t += 4) {
+      const float* v0 = vh + t * token_stride;
+      const float* v1 = v0 + token_stride;
+      const float* v2 = v1 + token_stride;
+      const float* v3 = v2 + token_stride;
+      const float p0 = p[t], p1 = p[t + 1], p2 = p[t + 2], p3 = p[t + 3];
+#pragma omp simd
+      for (int j = 0; j < d; ++j) o[j] += p0 * v0[j] + p1 * v1[j] + p2 * v2[j] + p3 * v3[j];
+    }
+    for (; t < n; ++t) {
+      const float* v0 = vh + t * token_stride;
+      const float p0 = p[t];
+#pragma omp simd
+      for (int j = 0; j < d; ++j) o[j] += p0 * v0[j];
+    }
+  }
+}
+
+// Per-thread scratch, grown on demand and reused across work items.
+struct Scratch {
+  std::vector<float> queries;  // [rows, D], row r = i * H_q + head
+  std::vector<float> scores;   // [rows, context_len]
+  std::vector<float> acc;      // [rows, D]
+  std::vector<float> inv_sum;  // [rows]
+  std::vector<float> kv;       // [tokens_per_page, heads, D] a page run as float32
+};
+
+// Tokens [t0, t0 + n) of one page, KV heads [h_begin, h_end), as float32 rows of
+// `*token_stride` floats: in place for float32 storage, else converted into the scratch.
+template <typename T>
+const float* page_run(const PagedAttentionArgs& a, const T* first, int n, int h_begin,
+                      int h_end, Scratch& s, int64_t* token_stride) {
+  if constexpr (std::is_same_v<T, float>) {
+    *token_stride = a.token_stride;
+    return first + static_cast<int64_t>(h_begin) * a.head_stride;
+  }
+  const int width = (h_end - h_begin) * a.head_dim;
+  float* out = s.kv.data();
+  for (int t = 0; t < n; ++t) {
+    for (int h = h_begin; h < h_end; ++h) {
+      to_float(first + t * a.token_stride + h * a.head_stride,
+               out + static_cast<int64_t>(t) * width + (h - h_begin) * a.head_dim, a.head_dim);
+    }
+  }
+  *token_stride = width;
+  return out;
+}
+
+// One work item: KV heads [h_begin, h_end) of one sequence, all its query rows and all query
+// heads of those groups. A page holds a token's heads side by side, so walking the tokens
+// reads each page's bytes in order.
+template <typename T>
+void attend(const PagedAttentionArgs& a, int32_t seq, int h_begin, int h_end, Scratch& s) {
+  const int d = a.head_dim;
+  const int group = a.num_q_heads / a.num_kv_heads;
+  const int32_t row0 = a.cu_seqlens_q[seq];
+  const int q_len = a.cu_seqlens_q[seq + 1] - row0;
+  const int ctx = a.context_lens[seq];
+  if (q_len <= 0) return;
+  const int first_pos = ctx - q_len;  // position of the first new query
+  const int heads = (h_end - h_begin) * group;  // query heads of this item
+  const int rows = q_len * heads;               // row r = i * heads + local query head
+  s.queries.resize(static_cast<size_t>(rows) * d);
+  s.scores.resize(static_cast<size_t>(rows) * ctx);
+  s.acc.assign(static_cast<size_t>(rows) * d, 0.0f);
+  s.inv_sum.resize(rows);
+  s.kv.resize(static_cast<size_t>(a.tokens_per_page) * (h_end - h_begin) * d);
+
+  const T* q = static_cast<const T*>(a.q);
+  for (int i = 0; i < q_len; ++i) {
+    const T* q_row = q + ((row0 + i) * static_cast<int64_t>(a.num_q_heads) + h_begin * group) * d;
+    to_float(q_row, &s.queries[static_cast<size_t>(i) * heads * d], heads * d);
+  }
+  const int32_t* table = a.block_tables + static_cast<int64_t>(seq) * a.block_table_width;
+  const int tpp = a.tokens_per_page;
+  // Calls fn(t0, n, first token) for each page's run of tokens of `cache`.
+  // Bytes of one page run (a layer's K or V of every token of the page).
+  const int64_t run_bytes = static_cast<int64_t>(tpp) * a.token_stride * sizeof(T);
+  auto for_each_page = [&](const void* cache, auto&& fn) {
+    const T* base = static_cast<const T*>(cache);
+    for (int t0 = 0; t0 < ctx; t0 += tpp) {
+      // NOTE: pages are scattered, so the hardware prefetcher stops at each page's end;
+      // fetching the next page's run while this one is computed hides the DRAM latency.
+      if (t0 + tpp < ctx) {
+        const T* next_page = base + table[t0 / tpp + 1] * a.page_stride;
+        const char* next = reinterpret_cast<const char*>(next_page);
+        for (int64_t b = 0; b < run_bytes; b += 64) __builtin_prefetch(next + b);
+      }
+      fn(t0, std::min(tpp, ctx - t0), base + table[t0 / tpp] * a.page_stride);
+    }
+  };
+  for_each_page(a.k_cache, [&](int t0, int n, const T* k) {
+    int64_t stride = 0;
+    const float* rows_k = page_run<T>(a, k, n, h_begin, h_end, s, &stride);
+    page_scores(rows_k, stride, n, s.queries.data(), rows, heads, group, d, a.scale,
+                s.scores.data() + t0, ctx);
+  });
+  // Softmax over each row's visible keys (t <= first_pos + i); invisible ones get 0.
+  for (int r = 0; r < rows; ++r) {
+    const int visible = first_pos + r / heads + 1;
+    float* sc = &s.scores[static_cast<size_t>(r) * ctx];
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int t = 0; t < visible; ++t) mx = std::max(mx, sc[t]);
+    float sum = 0.0f;
+    for (int t = 0; t < visible; ++t) {
+      sc[t] = std::exp(sc[t] - mx);
+      sum += sc[t];
+    }
+    std::fill(sc + visible, sc + ctx, 0.0f);
+    s.inv_sum[r] = 1.0f / sum;
+  }
+  for_each_page(a.v_cache, [&](int t0, int n, const T* v) {
+    int64_t stride = 0;
+    const float* rows_v = page_run<T>(a, v, n, h_begin, h_end, s, &stride);
+    page_values(rows_v, stride, n, s.scores.data() + t0, ctx, rows, heads, group, d,
+                s.acc.data());
+  });
+  T* out = static_cast<T*>(a.out);
+  for (int i = 0; i < q_len; ++i) {
+    T* o = out + ((row0 + i) * static_cast<int64_t>(a.num_q_heads) + h_begin * group) * d;
+    for (int h = 0; h < heads; ++h) {
+      const int r = i * heads + h;
+      for (int j = 0; j < d; ++j) {
+        store(o + h * d + j, s.acc[static_cast<size_t>(r) * d + j] * s.inv_sum[r]);
+      }
+    }
+  }
+}
+
+template <typename T>
+void run(const PagedAttentionArgs& a) {
+  // Items are (sequence, block of KV heads). Whole sequences read their pages in order;
+  // with few sequences, heads are split so every thread has work.
+  const int64_t wanted = 4LL * a.num_threads;
+  const int64_t num_blocks = std::min<int64_t>(
+      a.num_kv_heads, std::max<int64_t>(1, (wanted + a.num_seq_ids - 1) / a.num_seq_ids));
+  const int64_t heads_per_block = (a.num_kv_heads + num_blocks - 1) / num_blocks;
+  const int64_t num_items = a.num_seq_ids * num_blocks;
+  std::atomic<int64_t> next{0};
+  std::mutex error_mutex;
+  std::exception_ptr error;  // the first exception of any thread, rethrown after the join
+  auto worker = [&]() {
+    try {
+      Scratch scratch;
+      for (int64_t item = next++; item < num_items; item = next++) {
+        const int h_begin = static_cast<int>((item % num_blocks) * heads_per_block);
+        const int h_end = static_cast<int>(
+            std::min<int64_t>(a.num_kv_heads, h_begin + heads_per_block));
+        if (h_begin < h_end) attend<T>(a, a.seq_ids[item / num_blocks], h_begin, h_end, scratch);
+      }
+    } catch (...) {
+      next = num_items;
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+  };
+  int64_t work = 0;
+  for (int64_t i = 0; i < a.num_seq_ids; ++i) work += a.context_lens[a.seq_ids[i]];
+  work *= static_cast<int64_t>(a.num_q_heads) * a.head_dim;
+  // NOTE: helpers cost tens of microseconds to start and, inside a torch process, share the
+  // cores with OpenMP workers that spin for a while after each parallel op. Measured on a
+  // 2-core VM in the engine's decode steps, a helper per 8M multiply-adds pays; below that
+  // (11 sequences x 800 tokens x 192 dims is 1.7M) the calling thread alone is faster.
+  const int64_t helpers =
+      std::min<int64_t>({a.num_threads - 1, num_items - 1, work / (1 << 23)});
+  std::vector<std::thread> threads;
+  for (int64_t i = 0; i < helpers; ++i) threads.emplace_back(worker);
+  worker();
+  for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace
+
+void paged_attention_cpu(const PagedAttentionArgs& a) {
+  if (a.num_kv_heads <= 0 || a.num_q_heads % a.num_kv_heads != 0) {
+    throw std::invalid_argument("num_q_heads must be a positive multiple of num_kv_heads");
+  }
+  if (a.head_dim <= 0 || a.tokens_per_page <= 0) {
+    throw std::invalid_argument("head_dim and tokens_per_page must be positive");
+  }
+  for (int64_t i = 0; i < a.num_seq_ids; ++i) {
+    const int32_t seq = a.seq_ids[i];
+    if (seq < 0 || seq >= a.num_seqs) {
+      throw std::invalid_argument("sequence id " + std::to_string(seq) + " out of range [0, " +
+                                  std::to_string(a.num_seqs) + ")");
+    }
+    const int64_t ctx = a.context_lens[seq];
+    const int64_t q_len = a.cu_seqlens_q[seq + 1] - a.cu_seqlens_q[seq];
+    if (q_len < 0 || ctx < q_len) {
+      throw std::invalid_argument("sequence " + std::to_string(seq) + " has " +
+                                  std::to_string(q_len) + " query rows but context " +
+                                  std::to_string(ctx));
+    }
+    const int64_t pages = (ctx + a.tokens_per_page - 1) / a.tokens_per_page;
+    if (pages > a.block_table_width) {
+      throw std::invalid_argument("sequence " + std::to_string(seq) + ": context " +
+                                  std::to_string(ctx) + " needs " + std::to_string(pages) +
+                                  " pages, its block table has " +
+                                  std::to_string(a.block_table_width));
+    }
+    const int32_t* table = a.block_tables + seq * a.block_table_width;
+    for (int64_t p = 0; p < pages; ++p) {
+      if (table[p] < 0 || table[p] >= a.num_pages) {
+        throw std::invalid_argument("sequence " + std::to_string(seq) + ": page id " +
+                                    std::to_string(table[p]) + " out of range [0, " +
+                                    std::to_string(a.num_pages) + ")");
+      }
+    }
+  }
+  switch (a.dtype) {
+    case StorageType::kFloat32:
+      return run<float>(a);
+    case StorageType::kFloat16:
+      return run<_Float16>(a);
+    case StorageType::kBFloat16:
+      return run<uint16_t>(a);
+  }
+  throw std::invalid_argument("unknown storage type");
+}
+
+}  // namespace blendrt

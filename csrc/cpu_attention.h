@@ -1,0 +1,43 @@
+// Paged attention on the CPU: queries of a step attend over their sequence's pages in place.
+//
+// The pool is never gathered: each (sequence, KV head) work item walks its block table, reads
+// each cached token's K and V once for all query heads of its GQA group, and keeps the scores
+// in a per-thread buffer. Work items are shared out to `num_threads` threads (the GIL is
+// released by the binding). Storage may be float32, float16 or bfloat16; arithmetic is float32.
+#pragma once
+
+#include <cstdint>
+
+namespace blendrt {
+
+enum class StorageType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+struct PagedAttentionArgs {
+  void* out;                 // [T, H_q, D] contiguous, storage type
+  const void* q;             // [T, H_q, D] contiguous, storage type
+  const void* k_cache;       // [num_pages, tokens_per_page, H_kv, D] through the strides below
+  const void* v_cache;       // same shape and strides as k_cache
+  int64_t num_pages;         // page ids must lie in [0, num_pages)
+  int64_t page_stride;       // elements between pages
+  int64_t token_stride;      // elements between tokens of a page
+  int64_t head_stride;       // elements between KV heads of a token; D is contiguous
+  int64_t num_seqs;             // B
+  const int32_t* block_tables;  // [B, block_table_width] page ids
+  int64_t block_table_width;
+  const int32_t* cu_seqlens_q;  // [B + 1] query rows of each sequence
+  const int32_t* context_lens;  // [B] cached + new tokens of each sequence
+  const int32_t* seq_ids;       // [num_seq_ids] which sequences to compute
+  int64_t num_seq_ids;
+  int32_t num_q_heads, num_kv_heads, head_dim, tokens_per_page;
+  float scale;
+  StorageType dtype;
+  int32_t num_threads;
+};
+
+// Query i of sequence b sits at position context_lens[b] - query_len_b + i and attends to
+// keys 0..that position (causal over the new tokens). Rows of sequences not in seq_ids are
+// left untouched. Throws std::invalid_argument, before reading the pool, on a page id out of
+// range, a context longer than its block table, or fewer context tokens than query rows.
+void paged_attention_cpu(const PagedAttentionArgs& args);
+
+}  // namespace blendrt
