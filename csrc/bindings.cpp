@@ -127,6 +127,41 @@ PYBIND11_MODULE(_core, m) {
       "Paged attention over raw CPU buffers; use blendrt.ops.cpu_attention, which checks "
       "the tensors behind the pointers.");
 
+  m.def(
+      "store_kv_cpu",
+      [](uintptr_t k, uintptr_t v, int64_t k_row_stride, int64_t v_row_stride,
+         uintptr_t k_cache, uintptr_t v_cache, int64_t num_pages, int64_t page_stride,
+         int64_t token_stride, int64_t head_stride, const I32Array& slot_mapping,
+         int32_t num_kv_heads, int32_t head_dim, int32_t tokens_per_page, int32_t dtype) {
+        const I32Array slots = flat(slot_mapping, "slot_mapping");
+        if (dtype < 0 || dtype > 2) throw std::invalid_argument("dtype code must be 0, 1 or 2");
+        blendrt::StoreKVArgs args{reinterpret_cast<const void*>(k),
+                                  reinterpret_cast<const void*>(v),
+                                  k_row_stride,
+                                  v_row_stride,
+                                  reinterpret_cast<void*>(k_cache),
+                                  reinterpret_cast<void*>(v_cache),
+                                  num_pages,
+                                  page_stride,
+                                  token_stride,
+                                  head_stride,
+                                  slots.data(),
+                                  slots.size(),
+                                  num_kv_heads,
+                                  head_dim,
+                                  tokens_per_page,
+                                  static_cast<blendrt::StorageType>(dtype)};
+        py::gil_scoped_release release;
+        blendrt::store_kv_cpu(args);
+      },
+      py::arg("k"), py::arg("v"), py::arg("k_row_stride"), py::arg("v_row_stride"),
+      py::arg("k_cache"), py::arg("v_cache"), py::arg("num_pages"), py::arg("page_stride"),
+      py::arg("token_stride"), py::arg("head_stride"), py::arg("slot_mapping"),
+      py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("tokens_per_page"),
+      py::arg("dtype"),
+      "Stores K/V rows into pool slots over raw CPU buffers; use "
+      "blendrt.ops.cpu_store_kv, which checks the tensors behind the pointers.");
+
   py::class_<KVCacheCore>(m, "KVCacheCore")
       .def(py::init<int32_t, uint64_t, bool>(), py::arg("num_pages"), py::arg("hash_seed") = 0,
            py::arg("enable_caching") = true)

@@ -1,4 +1,5 @@
-// Paged attention on the CPU: queries of a step attend over their sequence's pages in place.
+// Paged attention on the CPU: queries of a step attend over their sequence's pages in place,
+// and the store of the step's new K/V into the pages.
 //
 // The pool is never gathered: each (sequence, KV head) work item walks its block table, reads
 // each cached token's K and V once for all query heads of its GQA group, and keeps the scores
@@ -39,5 +40,22 @@ struct PagedAttentionArgs {
 // left untouched. Throws std::invalid_argument, before reading the pool, on a page id out of
 // range, a context longer than its block table, or fewer context tokens than query rows.
 void paged_attention_cpu(const PagedAttentionArgs& args);
+
+struct StoreKVArgs {
+  const void* k;              // [T, H_kv, D], rows of k_row_stride elements, heads of D
+  const void* v;              // [T, H_kv, D], rows of v_row_stride elements
+  int64_t k_row_stride, v_row_stride;
+  void* k_cache;              // [num_pages, tokens_per_page, H_kv, D] through the strides
+  void* v_cache;              // same shape and strides as k_cache
+  int64_t num_pages, page_stride, token_stride, head_stride;
+  const int32_t* slot_mapping;  // [T] page * tokens_per_page + offset; -1 = skip
+  int64_t num_tokens;
+  int32_t num_kv_heads, head_dim, tokens_per_page;
+  StorageType dtype;          // of k, v and the cache alike
+};
+
+// Writes each new token's K and V rows into its slot. Throws std::invalid_argument, before
+// writing anything, if a slot lies outside the pool.
+void store_kv_cpu(const StoreKVArgs& args);
 
 }  // namespace blendrt

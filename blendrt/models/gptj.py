@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from blendrt.models.config import ModelConfig
-from blendrt.models.layers import ForwardContext, PagedAttention, RotaryEmbedding, gelu_new
+from blendrt.models.layers import (
+    ForwardContext,
+    PagedAttention,
+    RopeTables,
+    RotaryEmbedding,
+    gelu_new,
+)
 from blendrt.models.weights import WeightMap
 
 
@@ -25,10 +31,10 @@ class GPTJBlock(nn.Module):
         self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(
-        self, x: torch.Tensor, rotary: RotaryEmbedding, ctx: ForwardContext
+        self, x: torch.Tensor, rotary: RotaryEmbedding, rope: RopeTables, ctx: ForwardContext
     ) -> torch.Tensor:
         h = self.ln_1(x)
-        return x + self.attn(h, rotary, ctx) + self.fc_out(gelu_new(self.fc_in(h)))
+        return x + self.attn(h, rotary, rope, ctx) + self.fc_out(gelu_new(self.fc_in(h)))
 
 
 class GPTJModel(nn.Module):
@@ -44,8 +50,9 @@ class GPTJModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """input_ids: [T] -> final hidden states [T, hidden]."""
         x = self.wte(input_ids)
+        rope = self.rotary.tables(ctx.positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, self.rotary, ctx)
+            x = layer(x, self.rotary, rope, ctx)
         return self.ln_f(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,13 @@ def rope_inv_freq(rope: RopeConfig) -> torch.Tensor:  # [rotary_dim / 2] float32
     return inv_freq
 
 
+class RopeTables(NamedTuple):
+    """cos and sin at one step's positions, looked up once per forward for every layer."""
+
+    cos: torch.Tensor  # [T, 1, rotary_dim]
+    sin: torch.Tensor  # [T, 1, rotary_dim]
+
+
 class RotaryEmbedding(nn.Module):
     """Rotates the first rotary_dim dims of each head; pairs are halves (Llama) or
     neighbours (GPT-J)."""
@@ -73,18 +81,21 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", freqs.cos(), persistent=False)  # [max_pos, rotary_dim]
         self.register_buffer("sin", freqs.sin(), persistent=False)
 
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeTables:
+        return RopeTables(
+            self.cos[positions].to(dtype)[:, None, :], self.sin[positions].to(dtype)[:, None, :]
+        )
+
     def _rotate(self, x: torch.Tensor) -> torch.Tensor:
         if self.interleaved:
             return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
         half = x.shape[-1] // 2
         return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # x: [T, H, D]; positions: [T]
-        cos = self.cos[positions].to(x.dtype)[:, None, :]  # [T, 1, rotary_dim]
-        sin = self.sin[positions].to(x.dtype)[:, None, :]
+    def forward(self, x: torch.Tensor, rope: RopeTables) -> torch.Tensor:
+        # x: [T, H, D] -> [T, H, D], a new tensor
         rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
-        rot = rot * cos + self._rotate(rot) * sin
+        rot = rot * rope.cos + self._rotate(rot) * rope.sin
         return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
 
 
@@ -106,12 +117,14 @@ class PagedAttention(nn.Module):
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=bias)
 
     def forward(
-        self, x: torch.Tensor, rotary: RotaryEmbedding, ctx: ForwardContext
+        self, x: torch.Tensor, rotary: RotaryEmbedding, rope: RopeTables, ctx: ForwardContext
     ) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
-        q = rotary(q.view(-1, self.num_heads, self.head_dim), ctx.positions)
-        k = rotary(k.view(-1, self.num_kv_heads, self.head_dim), ctx.positions)
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        qkv = self.qkv_proj(x)  # [T, (H_q + 2 H_kv) * D]
+        num_qk = self.num_heads + self.num_kv_heads
+        # q and k rotate together: one set of ops for both.
+        qk = rotary(qkv[:, : num_qk * self.head_dim].view(-1, num_qk, self.head_dim), rope)
+        q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
+        v = qkv[:, num_qk * self.head_dim :].view(-1, self.num_kv_heads, self.head_dim)
         out = ctx.backend.forward(
             q,
             k,

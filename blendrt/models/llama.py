@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from blendrt.models.config import ModelConfig
-from blendrt.models.layers import ForwardContext, PagedAttention, RMSNorm, RotaryEmbedding
+from blendrt.models.layers import (
+    ForwardContext,
+    PagedAttention,
+    RMSNorm,
+    RopeTables,
+    RotaryEmbedding,
+)
 from blendrt.models.weights import WeightMap
 
 
@@ -41,9 +47,9 @@ class LlamaBlock(nn.Module):
         self.mlp = LlamaMLP(config)
 
     def forward(
-        self, x: torch.Tensor, rotary: RotaryEmbedding, ctx: ForwardContext
+        self, x: torch.Tensor, rotary: RotaryEmbedding, rope: RopeTables, ctx: ForwardContext
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rotary, ctx)
+        x = x + self.self_attn(self.input_layernorm(x), rotary, rope, ctx)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -62,8 +68,9 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """input_ids: [T] -> final hidden states [T, hidden]."""
         x = self.embed_tokens(input_ids)
+        rope = self.rotary.tables(ctx.positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, self.rotary, ctx)
+            x = layer(x, self.rotary, rope, ctx)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ import torch
 from blendrt import _core
 
 #: Storage codes of `_core.paged_attention_cpu`.
-_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-SUPPORTED_DTYPES = frozenset(_DTYPE_CODES)
+STORAGE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+SUPPORTED_DTYPES = frozenset(STORAGE_CODES)
 
 
 def _check_int32_cpu(name: str, t: torch.Tensor, ndim: int) -> None:
@@ -36,8 +36,8 @@ def paged_attention_cpu(
     """Query i of sequence b sits at position context_lens[b] - query_len_b + i and attends
     to keys 0..that position. float32, float16 or bfloat16; accumulates in float32."""
     dtype = k_cache.dtype
-    if dtype not in _DTYPE_CODES:
-        raise ValueError(f"CPU paged attention supports {list(_DTYPE_CODES)}, got {dtype}")
+    if dtype not in STORAGE_CODES:
+        raise ValueError(f"CPU paged attention supports {list(STORAGE_CODES)}, got {dtype}")
     tensors = {"q": q, "k_cache": k_cache, "v_cache": v_cache}
     for name, t in tensors.items():
         if t.device.type != "cpu" or t.dtype != dtype or t.dim() != (3 if name == "q" else 4):
@@ -87,7 +87,7 @@ def paged_attention_cpu(
         head_dim=head_dim,
         tokens_per_page=tokens_per_page,
         scale=float(scale),
-        dtype=_DTYPE_CODES[dtype],
+        dtype=STORAGE_CODES[dtype],
         num_threads=torch.get_num_threads(),
     )
     return out

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from blendrt.ops.attention import AttentionBackend, AttentionMetadata
 from blendrt.ops.cpu_attention import SUPPORTED_DTYPES, paged_attention_cpu
+from blendrt.ops.cpu_store_kv import store_kv_cpu
 from blendrt.ops.reference import gather_pages, paged_attention_reference, store_kv_reference
 
 #: Measured on the development VM (head dim 32, 700 cached tokens): the C++ kernel wins up to
@@ -88,9 +89,12 @@ class TorchBackend(AttentionBackend):
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:  # [T, H_q, D]
-        store_kv_reference(k, v, k_cache, v_cache, meta.slot_mapping)
         if q.device.type == "cpu" and k_cache.dtype in SUPPORTED_DTYPES:
+            store_kv_cpu(
+                k.to(k_cache.dtype), v.to(k_cache.dtype), k_cache, v_cache, meta.slot_mapping
+            )
             return self._forward_cpu(q, k_cache, v_cache, meta, scale)
+        store_kv_reference(k, v, k_cache, v_cache, meta.slot_mapping)
         cu = meta.cu_seqlens_q_host
         decode = [b for b in range(meta.num_seqs) if cu[b + 1] - cu[b] == 1]
         if len(decode) == meta.num_seqs:

@@ -1,0 +1,59 @@
+"""Stores a step's new K/V rows into a member's pages on the CPU, through the C++ core.
+
+The CPU counterpart of `store_kv.py` (Triton); the torch reference is
+`blendrt.ops.reference.store_kv_reference`. The launcher checks the tensors behind the raw
+pointers; the C++ side checks every slot against the pool before writing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from blendrt import _core
+from blendrt.ops.cpu_attention import STORAGE_CODES
+
+
+def store_kv_cpu(
+    k: torch.Tensor,  # [T, H_kv, D] heads contiguous in a row; rows may be strided
+    v: torch.Tensor,  # [T, H_kv, D]
+    k_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D]
+    v_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D], k_cache's strides
+    slot_mapping: torch.Tensor,  # [T] int32: page * tokens_per_page + offset; -1 = skip
+) -> None:
+    dtype = k_cache.dtype
+    if dtype not in STORAGE_CODES:
+        raise ValueError(f"CPU store_kv supports {list(STORAGE_CODES)}, got {dtype}")
+    num_pages, tokens_per_page, num_kv_heads, head_dim = k_cache.shape
+    if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
+        raise ValueError("v_cache must have k_cache's shape and strides")
+    if k_cache.device.type != "cpu" or v_cache.dtype != dtype or k_cache.stride(3) != 1:
+        raise ValueError("the caches must be CPU tensors of one dtype, head dim contiguous")
+    for name, t in (("k", k), ("v", v)):
+        if t.device.type != "cpu" or t.dtype != dtype:
+            raise ValueError(f"{name} must be a CPU {dtype} tensor, got {t.device} {t.dtype}")
+        if t.shape != (slot_mapping.shape[0], num_kv_heads, head_dim):
+            raise ValueError(
+                f"{name} must be [{slot_mapping.shape[0]}, {num_kv_heads}, {head_dim}], "
+                f"got {tuple(t.shape)}"
+            )
+        if t.stride(2) != 1 or t.stride(1) != head_dim:
+            raise ValueError(f"{name}'s heads must be contiguous within a token's row")
+    if slot_mapping.device.type != "cpu" or slot_mapping.dtype != torch.int32:
+        raise ValueError(f"slot_mapping must be int32 on the CPU, got {slot_mapping.dtype}")
+    _core.store_kv_cpu(
+        k=k.data_ptr(),
+        v=v.data_ptr(),
+        k_row_stride=k.stride(0),
+        v_row_stride=v.stride(0),
+        k_cache=k_cache.data_ptr(),
+        v_cache=v_cache.data_ptr(),
+        num_pages=num_pages,
+        page_stride=k_cache.stride(0),
+        token_stride=k_cache.stride(1),
+        head_stride=k_cache.stride(2),
+        slot_mapping=slot_mapping.numpy(),
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        tokens_per_page=tokens_per_page,
+        dtype=STORAGE_CODES[dtype],
+    )
