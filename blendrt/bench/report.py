@@ -88,19 +88,20 @@ def print_table(summaries: dict[str, dict[str, Any]], config: dict[str, Any]) ->
         "p99",
         "ITL p50",
         "p99",
-        "prefill/tn",
+        "prefill/turn",
         "hit rate",
         "peak MiB",
         "max conc",
     )
-    print(("{:<22}" + "{:>10}" * (len(cols) - 1)).format(*cols))
-    print(f"{'':22}{'':30}{'(ms)':>20}{'(ms)':>20}")
+    line_format = "{:<22}" + "{:>13}" * (len(cols) - 1)
+    print(line_format.format(*cols))
+    print(f"{'':22}{'':39}{'(ms)':>26}{'(ms)':>26}")
     d, c = summaries.get("transformers"), summaries.get("blendrt-static-pools")
     for name, s in summaries.items():
         tps = s["output_tokens_per_second"]
         vs_d = _ratio(tps, d and d["output_tokens_per_second"])
         vs_c = _ratio(tps, c and c["output_tokens_per_second"])
-        print(("{:<22}" + "{:>10}" * (len(cols) - 1)).format(
+        print(line_format.format(
             LABELS.get(name, name), _fmt(tps), _fmt(vs_d, ".2f"), _fmt(vs_c, ".2f"),
             _fmt(s["ttft_p50_ms"]), _fmt(s["ttft_p99_ms"]), _fmt(s["itl_p50_ms"]),
             _fmt(s["itl_p99_ms"]), _fmt(statistics.mean(s["computed_prompt_tokens_per_turn"])),
