@@ -244,9 +244,18 @@ void attend(const PagedAttentionArgs& a, int32_t seq, int h_begin, int h_end, Sc
 
 template <typename T>
 void run(const PagedAttentionArgs& a) {
-  // Items are (sequence, block of KV heads). Whole sequences read their pages in order;
-  // with few sequences, heads are split so every thread has work.
-  const int64_t wanted = 4LL * a.num_threads;
+  int64_t work = 0;
+  for (int64_t i = 0; i < a.num_seq_ids; ++i) work += a.context_lens[a.seq_ids[i]];
+  work *= static_cast<int64_t>(a.num_q_heads) * a.head_dim;
+  // NOTE: helpers cost tens of microseconds to start and, inside a torch process, share the
+  // cores with OpenMP workers that spin for a while after each parallel op. Measured on a
+  // 2-core VM in the engine's decode steps, a helper per 8M multiply-adds pays; below that
+  // (11 sequences x 800 tokens x 192 dims is 1.7M) the calling thread alone is faster.
+  const int64_t num_threads =
+      1 + std::min<int64_t>(a.num_threads - 1, work / (1 << 23));
+  // Items are (sequence, block of KV heads). Whole sequences read their pages front to
+  // back; heads are split only when there are too few sequences to keep the threads busy.
+  const int64_t wanted = num_threads == 1 ? 1 : 4 * num_threads;
   const int64_t num_blocks = std::min<int64_t>(
       a.num_kv_heads, std::max<int64_t>(1, (wanted + a.num_seq_ids - 1) / a.num_seq_ids));
   const int64_t heads_per_block = (a.num_kv_heads + num_blocks - 1) / num_blocks;
@@ -269,17 +278,8 @@ void run(const PagedAttentionArgs& a) {
       if (!error) error = std::current_exception();
     }
   };
-  int64_t work = 0;
-  for (int64_t i = 0; i < a.num_seq_ids; ++i) work += a.context_lens[a.seq_ids[i]];
-  work *= static_cast<int64_t>(a.num_q_heads) * a.head_dim;
-  // NOTE: helpers cost tens of microseconds to start and, inside a torch process, share the
-  // cores with OpenMP workers that spin for a while after each parallel op. Measured on a
-  // 2-core VM in the engine's decode steps, a helper per 8M multiply-adds pays; below that
-  // (11 sequences x 800 tokens x 192 dims is 1.7M) the calling thread alone is faster.
-  const int64_t helpers =
-      std::min<int64_t>({a.num_threads - 1, num_items - 1, work / (1 << 23)});
   std::vector<std::thread> threads;
-  for (int64_t i = 0; i < helpers; ++i) threads.emplace_back(worker);
+  for (int64_t i = 1; i < std::min(num_threads, num_items); ++i) threads.emplace_back(worker);
   worker();
   for (auto& t : threads) t.join();
   if (error) std::rethrow_exception(error);
