@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from blendrt.ops.attention import BACKENDS
+
 
 @dataclass
 class EngineConfig:
@@ -26,7 +28,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048  # per step, across all members
     max_num_seqs: int = 256  # running requests
     max_model_len: int | None = None  # caps every member's context
-    attention_backend: str | None = None  # "torch" | "triton" | None (by device)
+    attention_backend: str | None = None  # "torch" | "triton" | "reference" | None (by device)
 
     def __post_init__(self) -> None:
         if self.device is None:
@@ -57,10 +59,10 @@ class EngineConfig:
             raise ValueError(
                 f"pool_partition must be 'shared' or 'static', got {self.pool_partition!r}"
             )
-        if self.attention_backend not in (None, "torch", "triton"):
+        if self.attention_backend not in (None, *BACKENDS):
             raise ValueError(
-                f"attention_backend must be 'torch', 'triton' or None, got "
-                f"{self.attention_backend!r}"
+                f"attention_backend must be one of {', '.join(map(repr, BACKENDS))} or None, "
+                f"got {self.attention_backend!r}"
             )
 
     @property

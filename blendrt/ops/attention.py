@@ -75,16 +75,26 @@ class AttentionBackend(ABC):
         cached tokens and, causally, to the new ones."""
 
 
+#: Backend names a config may give (None picks by device).
+BACKENDS = ("torch", "triton", "reference")
+
+
 def get_backend(name: str | None, device: torch.device) -> AttentionBackend:
-    """ "torch" (reference), "triton", or None: Triton on CUDA, the reference elsewhere."""
-    from blendrt.ops.torch_backend import TorchBackend
+    """ "torch" (C++ kernel and SDPA on the CPU, padded torch elsewhere), "triton", "reference"
+    (the slow, obviously right torch path; for debugging), or None: Triton on CUDA, torch
+    elsewhere."""
+    from blendrt.ops.torch_backend import ReferenceBackend, TorchBackend
 
     if name is None:
         name = "triton" if device.type == "cuda" else "torch"
     if name == "torch":
         return TorchBackend()
+    if name == "reference":
+        return ReferenceBackend()
     if name == "triton":
         from blendrt.ops.triton_backend import TritonBackend
 
         return TritonBackend()
-    raise ValueError(f"unknown attention backend {name!r}; choose 'torch' or 'triton'")
+    raise ValueError(
+        f"unknown attention backend {name!r}; choose one of {', '.join(map(repr, BACKENDS))}"
+    )

@@ -165,3 +165,31 @@ class TorchBackend(AttentionBackend):
                 out=out,
             )
         return out
+
+
+class ReferenceBackend(AttentionBackend):
+    """The torch reference as a backend: gather each sequence's pages, then attention.
+    Slow; for checking the other backends inside a whole engine."""
+
+    name = "reference"
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [T, H_q, D]
+        k: torch.Tensor,  # [T, H_kv, D]
+        v: torch.Tensor,  # [T, H_kv, D]
+        k_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D]
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [T, H_q, D]
+        store_kv_reference(k, v, k_cache, v_cache, meta.slot_mapping)
+        return paged_attention_reference(
+            q,
+            k_cache,
+            v_cache,
+            meta.block_tables,
+            meta.cu_seqlens_q_host,
+            meta.context_lens_host,
+            scale,
+        )

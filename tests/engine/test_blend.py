@@ -201,6 +201,8 @@ def test_bad_input_gets_clear_errors_and_the_blend_keeps_serving(member_folders)
         assert blend.chat(ok, sampling=greedy(4)).usage.completion_tokens == 4
         with pytest.raises(ValueError, match="unique"):
             Blend([Member("a", "x"), Member("a", "y")])
+        with pytest.raises(ValueError, match="attention_backend must be one of 'torch'"):
+            EngineConfig(attention_backend="flash")
 
 
 def test_a_failing_output_sink_loses_only_its_request(member_folders) -> None:

@@ -34,8 +34,8 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 class Harness:
-    def __init__(self, model, kv, pool) -> None:
-        self.runner = ModelRunner(model, kv, get_backend("torch", torch.device("cpu")))
+    def __init__(self, model, kv, pool, backend: str = "torch") -> None:
+        self.runner = ModelRunner(model, kv, get_backend(backend, torch.device("cpu")))
         self.manager = KVCacheManager(pool.num_pages, hash_seed=5)
         self.manager.register_member("m", kv.tokens_per_page)
         self.manager.register_member("other", pool.members["other"].tokens_per_page)
@@ -115,3 +115,33 @@ def h_alone(h: Harness, seq_id: int, tokens: np.ndarray) -> torch.Tensor:
     h.manager.free(seq_id)
     h.manager.clear_prefix_cache()
     return out
+
+
+def test_cpu_backend_matches_the_reference_backend(setup) -> None:
+    """The CPU kernels (C++ decode, SDPA prefill) inside a whole model against the slow
+    reference path, over a prefill, short extends and decode steps in one batch."""
+    model, kv, pool = setup
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, VOCAB, 40), rng.integers(0, VOCAB, 30)
+    outputs = {}
+    for backend in ("reference", "torch"):
+        h = Harness(model, kv, pool, backend)
+        h.manager.clear_prefix_cache()
+        h.manager.add_sequence(30, "m", a[:20])
+        h.manager.add_sequence(31, "m", b)
+        rows = [h.step({30: 20, 31: 30})]  # two long prefills (the SDPA path)
+        h.manager.append_tokens(30, [int(t) for t in a[20:24]])
+        rows.append(h.step({30: 4}))  # a short extend (the C++ kernel)
+        for pos in range(24, 40):
+            h.manager.append_tokens(30, [int(a[pos])])
+            rows.append(h.step({30: 1}))  # decode steps
+        outputs[backend] = torch.cat(rows)
+        h.manager.free(30)
+        h.manager.free(31)
+    assert torch.isfinite(outputs["torch"]).all()
+    torch.testing.assert_close(outputs["torch"], outputs["reference"], atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_backend_is_named() -> None:
+    with pytest.raises(ValueError, match="'torch', 'triton', 'reference'"):
+        get_backend("cuda-graphs", torch.device("cpu"))
