@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstring>
 #include <exception>
 #include <limits>
 #include <mutex>
@@ -14,122 +13,11 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_float.h"
+#include "cpu_page_kernels.h"
+
 namespace blendrt {
 namespace {
-
-// Storage <-> float32. float16 goes through the compiler's _Float16 (GCC >= 12, clang).
-inline float load(const float* p) { return *p; }
-inline float load(const _Float16* p) { return static_cast<float>(*p); }
-inline float load(const uint16_t* p) {  // bfloat16: the high half of a float32
-  const uint32_t bits = static_cast<uint32_t>(*p) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-inline void store(float* p, float x) { *p = x; }
-inline void store(_Float16* p, float x) { *p = static_cast<_Float16>(x); }
-inline void store(uint16_t* p, float x) {  // bfloat16, round to nearest even
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  if (std::isnan(x)) {
-    *p = 0x7FC0;
-    return;
-  }
-  bits += 0x7FFFu + ((bits >> 16) & 1u);
-  *p = static_cast<uint16_t>(bits >> 16);
-}
-
-template <typename T>
-inline void to_float(const T* src, float* dst, int n) {
-  for (int i = 0; i < n; ++i) dst[i] = load(src + i);
-}
-template <>
-inline void to_float(const float* src, float* dst, int n) {
-  std::memcpy(dst, src, sizeof(float) * n);
-}
-
-// The two inner loops, over one run of tokens of one page, in float32. Tokens go in blocks of
-// four, outermost, so a page is read front to back once (a token's heads are adjacent) while
-// the queries and accumulators of all rows stay in L1; four tokens per row give four
-// independent accumulators. On x86-64 each is also compiled for AVX2+FMA and picked at load.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define BLENDRT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define BLENDRT_CLONES
-#endif
-
-// scores[r * score_stride + t] = scale * <queries[r], k[t, head(r)]> for t < n, r < rows,
-// where head(r) = (r % heads) / group picks the KV head of query row r.
-BLENDRT_CLONES void page_scores(const float* k, int64_t token_stride, int n,
-                                const float* queries, int rows, int heads, int group, int d,
-                                float scale, float* scores, int64_t score_stride) {
-  int t = 0;
-  for (; t + 4 <= n; t += 4) {
-    const float* k0 = k + t * token_stride;
-    for (int r = 0; r < rows; ++r) {
-      const float* q = queries + static_cast<int64_t>(r) * d;
-      const int64_t head = static_cast<int64_t>((r % heads) / group) * d;
-      const float* a0 = k0 + head;
-      const float* a1 = a0 + token_stride;
-      const float* a2 = a1 + token_stride;
-      const float* a3 = a2 + token_stride;
-      float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-      for (int j = 0; j < d; ++j) {
-        s0 += q[j] * a0[j];
-        s1 += q[j] * a1[j];
-        s2 += q[j] * a2[j];
-        s3 += q[j] * a3[j];
-      }
-      float* out = scores + static_cast<int64_t>(r) * score_stride + t;
-      out[0] = s0 * scale;
-      out[1] = s1 * scale;
-      out[2] = s2 * scale;
-      out[3] = s3 * scale;
-    }
-  }
-  for (; t < n; ++t) {
-    for (int r = 0; r < rows; ++r) {
-      const float* q = queries + static_cast<int64_t>(r) * d;
-      const float* a0 = k + t * token_stride + static_cast<int64_t>((r % heads) / group) * d;
-      float s0 = 0.0f;
-#pragma omp simd reduction(+ : s0)
-      for (int j = 0; j < d; ++j) s0 += q[j] * a0[j];
-      scores[static_cast<int64_t>(r) * score_stride + t] = s0 * scale;
-    }
-  }
-}
-
-// acc[r] += sum over t < n of probs[r * prob_stride + t] * v[t, head(r)].
-BLENDRT_CLONES void page_values(const float* v, int64_t token_stride, int n,
-                                const float* probs, int64_t prob_stride, int rows, int heads,
-                                int group, int d, float* acc) {
-  int t = 0;
-  for (; t + 4 <= n; t += 4) {
-    const float* v0 = v + t * token_stride;
-    for (int r = 0; r < rows; ++r) {
-      const float* p = probs + static_cast<int64_t>(r) * prob_stride + t;
-      const int64_t head = static_cast<int64_t>((r % heads) / group) * d;
-      const float* b0 = v0 + head;
-      const float* b1 = b0 + token_stride;
-      const float* b2 = b1 + token_stride;
-      const float* b3 = b2 + token_stride;
-      const float p0 = p[0], p1 = p[1], p2 = p[2], p3 = p[3];
-      float* o = acc + static_cast<int64_t>(r) * d;
-#pragma omp simd
-      for (int j = 0; j < d; ++j) o[j] += p0 * b0[j] + p1 * b1[j] + p2 * b2[j] + p3 * b3[j];
-    }
-  }
-  for (; t < n; ++t) {
-    for (int r = 0; r < rows; ++r) {
-      const float p0 = probs[static_cast<int64_t>(r) * prob_stride + t];
-      const float* b0 = v + t * token_stride + static_cast<int64_t>((r % heads) / group) * d;
-      float* o = acc + static_cast<int64_t>(r) * d;
-#pragma omp simd
-      for (int j = 0; j < d; ++j) o[j] += p0 * b0[j];
-    }
-  }
-}
 
 // Per-thread scratch, grown on demand and reused across work items.
 struct Scratch {
@@ -332,33 +220,6 @@ void paged_attention_cpu(const PagedAttentionArgs& a) {
       return run<uint16_t>(a);
   }
   throw std::invalid_argument("unknown storage type");
-}
-
-void store_kv_cpu(const StoreKVArgs& a) {
-  const int64_t num_slots = a.num_pages * a.tokens_per_page;
-  for (int64_t t = 0; t < a.num_tokens; ++t) {
-    if (a.slot_mapping[t] >= num_slots) {
-      throw std::invalid_argument("slot " + std::to_string(a.slot_mapping[t]) +
-                                  " out of range [0, " + std::to_string(num_slots) + ")");
-    }
-  }
-  const int64_t elem = a.dtype == StorageType::kFloat32 ? 4 : 2;
-  const size_t row_bytes = static_cast<size_t>(a.head_dim * elem);
-  for (int64_t t = 0; t < a.num_tokens; ++t) {
-    const int32_t slot = a.slot_mapping[t];
-    if (slot < 0) continue;
-    const int64_t dst =
-        (slot / a.tokens_per_page) * a.page_stride + (slot % a.tokens_per_page) * a.token_stride;
-    for (int32_t h = 0; h < a.num_kv_heads; ++h) {
-      const int64_t at = (dst + h * a.head_stride) * elem;
-      std::memcpy(static_cast<char*>(a.k_cache) + at,
-                  static_cast<const char*>(a.k) + (t * a.k_row_stride + h * a.head_dim) * elem,
-                  row_bytes);
-      std::memcpy(static_cast<char*>(a.v_cache) + at,
-                  static_cast<const char*>(a.v) + (t * a.v_row_stride + h * a.head_dim) * elem,
-                  row_bytes);
-    }
-  }
 }
 
 }  // namespace blendrt
