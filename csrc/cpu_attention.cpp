@@ -30,6 +30,8 @@ struct Scratch {
 
 // Tokens [t0, t0 + n) of one page, KV heads [h_begin, h_end), as float32 rows of
 // `*token_stride` floats: in place for float32 storage, else converted into the scratch.
+// NOTE: the kernels index heads at multiples of D, so heads must be contiguous within a
+// token (head_stride == D), as pool views are; the launcher checks it.
 template <typename T>
 const float* page_run(const PagedAttentionArgs& a, const T* first, int n, int h_begin,
                       int h_end, Scratch& s, int64_t* token_stride) {

@@ -48,8 +48,8 @@ def paged_attention_cpu(
     num_pages, tokens_per_page, num_kv_heads, head_dim = k_cache.shape
     if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
         raise ValueError("v_cache must have k_cache's shape and strides")
-    if k_cache.stride(3) != 1:
-        raise ValueError("the cache's head dim must be contiguous")
+    if k_cache.stride(3) != 1 or k_cache.stride(2) != head_dim:
+        raise ValueError("the cache's heads must be contiguous within a token (as pool views are)")
     num_q_heads = q.shape[1]
     if q.shape[2] != head_dim or num_q_heads % num_kv_heads:
         raise ValueError(

@@ -128,5 +128,8 @@ def test_bad_input_is_refused_before_reading_the_pool() -> None:
         paged_attention_cpu(q.half(), k_cache, v_cache, tables, cu, context, 1.0)
     with pytest.raises(ValueError, match="block_tables must be a 2-D int32"):
         paged_attention_cpu(q, k_cache, v_cache, tables.long(), cu, context, 1.0)
+    with pytest.raises(ValueError, match="heads must be contiguous"):
+        spread = k_cache.transpose(1, 2).contiguous().transpose(1, 2)  # [P, tpp, H, D], H outer
+        paged_attention_cpu(q, spread, spread, tables, cu, context, 1.0)
     with pytest.raises(ValueError, match="cu_seqlens_q ends at"):
         paged_attention_cpu(q[:1], k_cache, v_cache, tables, cu, context, 1.0)
