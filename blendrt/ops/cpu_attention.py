@@ -17,6 +17,37 @@ STORAGE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 SUPPORTED_DTYPES = frozenset(STORAGE_CODES)
 
 
+def cache_layout(k_cache: torch.Tensor, v_cache: torch.Tensor, op: str) -> dict[str, int]:
+    """Checks a layer's K/V cache views for the C++ kernels and returns the `_core` arguments
+    that describe them (pointers, page geometry, strides in elements, storage code)."""
+    dtype = k_cache.dtype
+    if dtype not in STORAGE_CODES:
+        raise ValueError(f"CPU {op} supports {list(STORAGE_CODES)}, got {dtype}")
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.device.type != "cpu" or t.dtype != dtype or t.dim() != 4:
+            raise ValueError(
+                f"{name} must be a CPU {dtype} tensor of 4 dims, "
+                f"got {t.device} {t.dtype} {tuple(t.shape)}"
+            )
+    if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
+        raise ValueError("v_cache must have k_cache's shape and strides")
+    if k_cache.stride(3) != 1:
+        raise ValueError("the cache's head dim must be contiguous")
+    num_pages, tokens_per_page, num_kv_heads, head_dim = k_cache.shape
+    return dict(
+        k_cache=k_cache.data_ptr(),
+        v_cache=v_cache.data_ptr(),
+        num_pages=num_pages,
+        page_stride=k_cache.stride(0),
+        token_stride=k_cache.stride(1),
+        head_stride=k_cache.stride(2),
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        tokens_per_page=tokens_per_page,
+        dtype=STORAGE_CODES[dtype],
+    )
+
+
 def _check_int32_cpu(name: str, t: torch.Tensor, ndim: int) -> None:
     if t.device.type != "cpu" or t.dtype != torch.int32 or t.dim() != ndim:
         raise ValueError(f"{name} must be a {ndim}-D int32 CPU tensor, got {t.dtype} {t.shape}")
@@ -35,20 +66,13 @@ def paged_attention_cpu(
 ) -> torch.Tensor:  # [T, H_q, D]
     """Query i of sequence b sits at position context_lens[b] - query_len_b + i and attends
     to keys 0..that position. float32, float16 or bfloat16; accumulates in float32."""
-    dtype = k_cache.dtype
-    if dtype not in STORAGE_CODES:
-        raise ValueError(f"CPU paged attention supports {list(STORAGE_CODES)}, got {dtype}")
-    tensors = {"q": q, "k_cache": k_cache, "v_cache": v_cache}
-    for name, t in tensors.items():
-        if t.device.type != "cpu" or t.dtype != dtype or t.dim() != (3 if name == "q" else 4):
-            raise ValueError(
-                f"{name} must be a CPU {dtype} tensor of {3 if name == 'q' else 4} dims, "
-                f"got {t.device} {t.dtype} {tuple(t.shape)}"
-            )
-    num_pages, tokens_per_page, num_kv_heads, head_dim = k_cache.shape
-    if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
-        raise ValueError("v_cache must have k_cache's shape and strides")
-    if k_cache.stride(3) != 1 or k_cache.stride(2) != head_dim:
+    layout = cache_layout(k_cache, v_cache, "paged attention")
+    dtype, num_kv_heads, head_dim = k_cache.dtype, layout["num_kv_heads"], layout["head_dim"]
+    if q.device.type != "cpu" or q.dtype != dtype or q.dim() != 3:
+        raise ValueError(
+            f"q must be a CPU {dtype} tensor of 3 dims, got {q.device} {q.dtype} {tuple(q.shape)}"
+        )
+    if layout["head_stride"] != head_dim:
         raise ValueError("the cache's heads must be contiguous within a token (as pool views are)")
     num_q_heads = q.shape[1]
     if q.shape[2] != head_dim or num_q_heads % num_kv_heads:
@@ -72,22 +96,13 @@ def paged_attention_cpu(
     _core.paged_attention_cpu(
         out=out.data_ptr(),
         q=q.data_ptr(),
-        k_cache=k_cache.data_ptr(),
-        v_cache=v_cache.data_ptr(),
-        num_pages=num_pages,
-        page_stride=k_cache.stride(0),
-        token_stride=k_cache.stride(1),
-        head_stride=k_cache.stride(2),
         block_tables=block_tables.numpy(),
         cu_seqlens_q=cu_seqlens_q.numpy(),
         context_lens=context_lens.numpy(),
         seq_ids=seq_ids.numpy(),
         num_q_heads=num_q_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        tokens_per_page=tokens_per_page,
         scale=float(scale),
-        dtype=STORAGE_CODES[dtype],
         num_threads=torch.get_num_threads(),
+        **layout,
     )
     return out

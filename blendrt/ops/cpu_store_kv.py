@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from blendrt import _core
-from blendrt.ops.cpu_attention import STORAGE_CODES
+from blendrt.ops.cpu_attention import cache_layout
 
 
 def store_kv_cpu(
@@ -20,14 +20,8 @@ def store_kv_cpu(
     v_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D], k_cache's strides
     slot_mapping: torch.Tensor,  # [T] int32: page * tokens_per_page + offset; -1 = skip
 ) -> None:
-    dtype = k_cache.dtype
-    if dtype not in STORAGE_CODES:
-        raise ValueError(f"CPU store_kv supports {list(STORAGE_CODES)}, got {dtype}")
-    num_pages, tokens_per_page, num_kv_heads, head_dim = k_cache.shape
-    if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
-        raise ValueError("v_cache must have k_cache's shape and strides")
-    if k_cache.device.type != "cpu" or v_cache.dtype != dtype or k_cache.stride(3) != 1:
-        raise ValueError("the caches must be CPU tensors of one dtype, head dim contiguous")
+    layout = cache_layout(k_cache, v_cache, "store_kv")
+    dtype, num_kv_heads, head_dim = k_cache.dtype, layout["num_kv_heads"], layout["head_dim"]
     for name, t in (("k", k), ("v", v)):
         if t.device.type != "cpu" or t.dtype != dtype:
             raise ValueError(f"{name} must be a CPU {dtype} tensor, got {t.device} {t.dtype}")
@@ -45,15 +39,6 @@ def store_kv_cpu(
         v=v.data_ptr(),
         k_row_stride=k.stride(0),
         v_row_stride=v.stride(0),
-        k_cache=k_cache.data_ptr(),
-        v_cache=v_cache.data_ptr(),
-        num_pages=num_pages,
-        page_stride=k_cache.stride(0),
-        token_stride=k_cache.stride(1),
-        head_stride=k_cache.stride(2),
         slot_mapping=slot_mapping.numpy(),
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        tokens_per_page=tokens_per_page,
-        dtype=STORAGE_CODES[dtype],
+        **layout,
     )
