@@ -77,17 +77,9 @@ def build_blend(args: argparse.Namespace, members: Sequence[Member]) -> Blend:
             raise SystemExit(f"--chat-format expects NAME=FORMAT, got {spec!r}")
         formats[name] = fmt
     if not members:
-        from blendrt.demo import demo_members
+        from blendrt.demo import demo_blend_members
 
-        members = [
-            Member(
-                m["name"],
-                m["path"],
-                chat_format=m["chat_format"],
-                chat_options=m.get("chat_options", {}),
-            )
-            for m in demo_members()
-        ]
+        members = demo_blend_members()
     members = [
         Member(m.name, m.path, m.weight, formats.get(m.name, m.chat_format), m.chat_options)
         for m in members

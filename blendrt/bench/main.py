@@ -101,17 +101,9 @@ def _members(args: argparse.Namespace, scratch: Path) -> list[Member]:
             name, _, path = spec.partition("=")
             out.append(Member(name, path, chat_format=formats.get(name)))
         return out
-    from blendrt.demo import demo_members
+    from blendrt.demo import demo_blend_members
 
-    return [
-        Member(
-            m["name"],
-            m["path"],
-            chat_format=m["chat_format"],
-            chat_options=m.get("chat_options", {}),
-        )
-        for m in demo_members()
-    ]
+    return demo_blend_members()
 
 
 def run(args: argparse.Namespace) -> int:

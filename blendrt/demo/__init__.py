@@ -2,14 +2,18 @@
 downloaded. Two GPT-J members (pygmalion format) and one Llama member (vicuna format), trained
 from scratch on the chatterbot-corpus English dialogues by `python -m blendrt.demo.train`.
 
-Kept free of heavy imports: `demo_members()` only reads ``members/blend.json``.
+Kept free of heavy imports: `demo_members()` only reads ``members/blend.json``;
+`demo_blend_members()` imports `blendrt.blend` when called.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from blendrt.blend import Member
 
 DEMO_DIR: Path = Path(__file__).resolve().parent
 MEMBERS_DIR: Path = DEMO_DIR / "members"
@@ -29,4 +33,14 @@ def demo_members() -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["DEMO_DIR", "MEMBERS_DIR", "demo_members"]
+def demo_blend_members() -> list[Member]:
+    """The demo members as `blendrt.Member`s, ready for `blendrt.Blend`."""
+    from blendrt.blend import Member
+
+    return [
+        Member(m["name"], m["path"], chat_format=m["chat_format"], chat_options=m["chat_options"])
+        for m in demo_members()
+    ]
+
+
+__all__ = ["DEMO_DIR", "MEMBERS_DIR", "demo_blend_members", "demo_members"]
