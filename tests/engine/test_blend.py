@@ -119,14 +119,17 @@ def test_cancelling_a_stream_frees_its_pages(member_folders) -> None:
         await stream.aclose()
 
     async def cancel_task(blend: Blend) -> None:
-        stream = blend.stream(messages, member="gptj", sampling=greedy(400))
+        # NOTE: cancelled once text flows, not after a fixed sleep: a fast machine finished
+        # the whole reply within the sleep, and then there was nothing left to cancel.
+        stream = blend.stream(messages, member="gptj", sampling=greedy(900))
+        flowing = asyncio.Event()
 
         async def consume() -> None:
             async for _ in stream:
-                pass
+                flowing.set()
 
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(flowing.wait(), timeout=30)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
