@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -131,11 +132,15 @@ def run(args: argparse.Namespace) -> int:
         for name in systems:
             print(f"running {name} ...", file=sys.stderr, flush=True)
             if name == "transformers":
-                try:
-                    from blendrt.bench.hf_baseline import run_transformers
-                except ImportError as e:
-                    print(f"skipping transformers: {e}", file=sys.stderr)
+                if importlib.util.find_spec("transformers") is None:
+                    print(
+                        "skipping (d) transformers: it is not installed "
+                        '(pip install "blendrt[bench]")',
+                        file=sys.stderr,
+                    )
                     continue
+                from blendrt.bench.hf_baseline import run_transformers
+
                 dtype = next(iter(models.values())).dtype
                 results[name] = run_transformers(workload, members, device=base.device, dtype=dtype)
             else:
