@@ -13,12 +13,13 @@ from blendrt.ops.attention import BACKENDS
 class EngineConfig:
     device: str | None = None  # None: "cuda" when available, else "cpu"
     dtype: str | None = None  # None: float32 on CPU, the checkpoint's half type on CUDA
-    # Pool size: exactly one of num_pages, kv_cache_bytes, kv_cache_memory_fraction (CUDA:
-    # of the memory free after the weights are loaded). None everywhere: 0.9 on CUDA,
-    # 256 MiB on CPU.
+    # Pool size: at most one of num_pages, kv_cache_bytes, gpu_memory_utilization (CUDA, as
+    # in vLLM: the fraction of the device's total memory the blend may use, weights and
+    # activations included; the pool gets the rest). None everywhere: gpu_memory_utilization
+    # 0.9 on CUDA, 256 MiB on CPU.
     num_pages: int | None = None
     kv_cache_bytes: int | None = None
-    kv_cache_memory_fraction: float | None = None
+    gpu_memory_utilization: float | None = None
     page_bytes: int | None = None  # None: the smallest giving every member min_tokens_per_page
     min_tokens_per_page: int = 16
     # "shared": one pool for all members (blendrt); "static": the same bytes split equally,
@@ -35,10 +36,10 @@ class EngineConfig:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} requested but CUDA is not available")
-        sizes = [self.num_pages, self.kv_cache_bytes, self.kv_cache_memory_fraction]
+        sizes = [self.num_pages, self.kv_cache_bytes, self.gpu_memory_utilization]
         if sum(s is not None for s in sizes) > 1:
             raise ValueError(
-                "give at most one of num_pages, kv_cache_bytes, kv_cache_memory_fraction"
+                "give at most one of num_pages, kv_cache_bytes, gpu_memory_utilization"
             )
         positive = {
             "num_pages": self.num_pages,
@@ -52,9 +53,14 @@ class EngineConfig:
         for name, value in positive.items():
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        fraction = self.kv_cache_memory_fraction
-        if fraction is not None and not 0 < fraction <= 1:
-            raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {fraction}")
+        fraction = self.gpu_memory_utilization
+        if fraction is not None and not (isinstance(fraction, float | int) and 0 < fraction <= 1):
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {fraction!r}")
+        if fraction is not None and torch.device(self.device).type != "cuda":
+            raise ValueError(
+                "gpu_memory_utilization sizes a CUDA pool; on the CPU give num_pages or "
+                "kv_cache_bytes"
+            )
         if self.pool_partition not in ("shared", "static"):
             raise ValueError(
                 f"pool_partition must be 'shared' or 'static', got {self.pool_partition!r}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 POLICIES = ("uniform", "weighted", "round-robin")
 
@@ -32,12 +32,25 @@ class MemberPolicy:
         self._turn = 0
         self._lock = threading.Lock()
 
-    def choose(self) -> str:
+    def choose(self, among: Collection[str] | None = None) -> str:
+        """The next member, drawn from `among` (default: every member) by the policy;
+        round-robin takes the next member in order that is among them."""
+        names, weights = self.names, self.weights
+        if among is not None:
+            pairs = [(n, w) for n, w in zip(names, weights, strict=True) if n in among]
+            if not pairs:
+                raise ValueError("no member to choose from")
+            names, weights = [n for n, _ in pairs], [w for _, w in pairs]
         with self._lock:
             if self.policy == "uniform":
-                return self._rng.choice(self.names)
+                return self._rng.choice(names)
             if self.policy == "weighted":
-                return self._rng.choices(self.names, weights=self.weights)[0]
-            name = self.names[self._turn % len(self.names)]
-            self._turn += 1
-            return name
+                if sum(weights) <= 0:  # the eligible members all have weight 0
+                    return self._rng.choice(names)
+                return self._rng.choices(names, weights=weights)[0]
+            for _ in range(len(self.names)):
+                name = self.names[self._turn % len(self.names)]
+                self._turn += 1
+                if name in names:
+                    return name
+            raise AssertionError("unreachable: names is a non-empty subset")

@@ -23,7 +23,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # > 1 discourages tokens seen in prompt or output
     presence_penalty: float = 0.0  # OpenAI style, over output tokens
     frequency_penalty: float = 0.0
-    max_tokens: int = 128
+    max_tokens: int | None = 128  # None: until the member's window is full
     stop: tuple[str, ...] = ()  # stop strings: generation ends before them, never shown
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
@@ -45,8 +45,9 @@ class SamplingParams:
             (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
             (
-                isinstance(self.max_tokens, int) and self.max_tokens > 0,
-                "max_tokens must be a positive int",
+                self.max_tokens is None
+                or (isinstance(self.max_tokens, int) and self.max_tokens > 0),
+                "max_tokens must be a positive int or None",
             ),
             (all(isinstance(s, str) and s for s in self.stop), "stop must hold non-empty strings"),
             (

@@ -276,7 +276,11 @@ def make_member(spec: Spec, folder: Path, convs: list[Conversation], args: Any) 
     loss = corpus_loss(model, Renderer(fmt), convs, batch_loss, MAX_LEN)
     samples = [(p, greedy_reply(model, fmt, to_messages([p]))[0]) for p in PROMPTS]
     model.to(torch.float16).save_pretrained(folder)
-    model.generation_config.max_new_tokens = 64
+    # The sampling these tiny members read best with; `blendrt chat` and `serve` apply it
+    # where a turn sets none (--generation-config auto).
+    gen = model.generation_config
+    gen.max_new_tokens, gen.do_sample = 64, True
+    gen.temperature, gen.top_p, gen.repetition_penalty = 0.7, 0.9, 1.1
     model.generation_config.save_pretrained(folder)
     info = dict(
         architecture=type(model).__name__,

@@ -17,6 +17,7 @@ import torch
 from blendrt.cache.manager import KVCacheManager
 from blendrt.cache.pool import PagePool, page_bytes_for
 from blendrt.config import EngineConfig
+from blendrt.engine.memory import activation_reserve_bytes, cuda_kv_cache_bytes
 from blendrt.engine.output import OutputText
 from blendrt.engine.request import Request, RequestOutput
 from blendrt.engine.scheduler import ScheduledBatch, Scheduler, SchedulerOutput
@@ -90,13 +91,12 @@ class LLMEngine:
         if c.kv_cache_bytes is not None:
             return max(1, c.kv_cache_bytes // page_bytes)
         if c.torch_device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(c.torch_device)
-            return max(1, int(free * (c.kv_cache_memory_fraction or 0.9)) // page_bytes)
-        if c.kv_cache_memory_fraction is not None:
-            raise ValueError(
-                "kv_cache_memory_fraction sizes a CUDA pool; on CPU give "
-                "num_pages or kv_cache_bytes"
+            reserve = activation_reserve_bytes(
+                self.models.values(), c.max_num_batched_tokens, c.max_num_seqs
             )
+            utilization = c.gpu_memory_utilization or 0.9
+            pool_bytes = cuda_kv_cache_bytes(c.torch_device, utilization, reserve)
+            return max(1, pool_bytes // page_bytes)
         return max(1, CPU_DEFAULT_POOL_BYTES // page_bytes)
 
     # ---- requests ------------------------------------------------------------------------
@@ -112,12 +112,15 @@ class LLMEngine:
         if member not in self.models:
             raise ValueError(f"unknown member {member!r}; members: {', '.join(self.models)}")
         model = self.models[member]
-        total = len(prompt_token_ids) + sampling.max_tokens
-        if total > self.max_model_len(member):
+        window = self.max_model_len(member)
+        total = len(prompt_token_ids) + (sampling.max_tokens or 1)
+        if total > window:
             raise ValueError(
                 f"prompt of {len(prompt_token_ids)} tokens + max_tokens {sampling.max_tokens} "
-                f"exceeds member {member!r}'s context of {self.max_model_len(member)} tokens"
+                f"exceeds member {member!r}'s context of {window} tokens"
             )
+        if sampling.max_tokens is None:  # until the window is full
+            total = window
         ids = [int(t) for t in model.check_token_ids(prompt_token_ids)]
         manager = self.managers[member]
         pages = -(-total // manager.tokens_per_page(member))
@@ -232,9 +235,8 @@ class LLMEngine:
         if token in stop_ids or text.stopped:
             return self._finish(request, "stop", new_token=token, stop_token=token in stop_ids)
         if (
-            request.num_output_tokens >= params.max_tokens
-            or request.num_tokens >= self.max_model_len(request.member)
-        ):
+            params.max_tokens is not None and request.num_output_tokens >= params.max_tokens
+        ) or request.num_tokens >= self.max_model_len(request.member):
             return self._finish(request, "length", new_token=token)
         return self._output(request, (token,), text.take_delta(final=False), None)
 

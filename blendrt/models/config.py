@@ -101,8 +101,10 @@ class ModelConfig:
         eos = hf.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
         common = dict(bos_token_id=hf.get("bos_token_id"), eos_token_ids=eos_ids)
+        if max_model_len is not None and (not isinstance(max_model_len, int) or max_model_len < 1):
+            raise ValueError(f"max_model_len must be a positive int, got {max_model_len!r}")
         if ARCHITECTURES[arch] == "gptj":
-            return _gptj_config(hf, arch, common)
+            return _gptj_config(hf, arch, common, max_model_len)
         return _llama_config(hf, arch, common, max_model_len)
 
 
@@ -150,8 +152,7 @@ def _llama_config(
     hidden = _require(hf, "hidden_size")
     heads = _require(hf, "num_attention_heads")
     head_dim = hf.get("head_dim") or hidden // heads
-    max_pos = int(hf.get("max_position_embeddings", 2048))
-    context = min(max_pos, max_model_len) if max_model_len else max_pos
+    context = _context(int(hf.get("max_position_embeddings", 2048)), max_model_len)
     window = hf.get("sliding_window")
     if window is not None and window < context:
         raise ValueError(
@@ -179,7 +180,14 @@ def _llama_config(
     )
 
 
-def _gptj_config(hf: dict[str, Any], arch: str, common: dict[str, Any]) -> ModelConfig:
+def _context(declared: int, max_model_len: int | None) -> int:
+    """The serving window: the declared positions, capped by max_model_len."""
+    return min(declared, max_model_len) if max_model_len else declared
+
+
+def _gptj_config(
+    hf: dict[str, Any], arch: str, common: dict[str, Any], max_model_len: int | None
+) -> ModelConfig:
     hidden = _require(hf, "n_embd", "hidden_size")
     heads = _require(hf, "n_head", "num_attention_heads")
     head_dim = hidden // heads
@@ -194,7 +202,7 @@ def _gptj_config(hf: dict[str, Any], arch: str, common: dict[str, Any]) -> Model
         num_kv_heads=heads,
         head_dim=head_dim,
         intermediate_size=hf.get("n_inner") or 4 * hidden,
-        max_position_embeddings=int(hf.get("n_positions", 2048)),
+        max_position_embeddings=_context(int(hf.get("n_positions", 2048)), max_model_len),
         rope=RopeConfig(rotary_dim=hf.get("rotary_dim") or head_dim, interleaved=True),
         norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),

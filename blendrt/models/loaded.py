@@ -8,6 +8,7 @@ private pool.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,12 @@ from torch import nn
 from blendrt.cache.manager import KVCacheManager
 from blendrt.cache.pool import KVGeometry, PagePool, page_bytes_for
 from blendrt.models.config import ModelConfig
-from blendrt.models.loader import load_weights, read_config, resolve_dtype
+from blendrt.models.loader import (
+    load_weights,
+    read_config,
+    read_generation_defaults,
+    resolve_dtype,
+)
 from blendrt.models.runner import ModelRunner
 from blendrt.ops.attention import get_backend
 from blendrt.tokenizer.tokenizer import Tokenizer, load_tokenizer
@@ -30,11 +36,14 @@ class LoadedModel:
         model: nn.Module,
         tokenizer: Tokenizer,
         attention_backend: str | None = None,
+        generation_defaults: dict[str, Any] | None = None,
     ) -> None:
         self.path = path
         self.config = config
         self.model = model
         self.tokenizer = tokenizer
+        # {SamplingParams field: value} from the folder's generation_config.json
+        self.generation_defaults = dict(generation_defaults or {})
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.backend = get_backend(attention_backend, self.device)
@@ -104,11 +113,21 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     max_model_len: int | None = None,
     attention_backend: str | None = None,
+    progress: bool | None = None,
 ) -> LoadedModel:
-    """Loads a Hugging Face folder (config.json, safetensors, tokenizer files)."""
+    """Loads a Hugging Face folder (config.json, safetensors, tokenizer files, and the
+    sampling defaults of generation_config.json). `max_model_len` caps the context;
+    `progress` shows a loading bar on stderr (None: when stderr is a terminal)."""
     folder = Path(path)
     device = torch.device(device)
     config = read_config(folder, max_model_len=max_model_len)
     tokenizer = load_tokenizer(folder)
-    model = load_weights(folder, config, device=device, dtype=resolve_dtype(folder, device, dtype))
-    return LoadedModel(folder, config, model, tokenizer, attention_backend)
+    defaults = read_generation_defaults(folder)
+    model = load_weights(
+        folder,
+        config,
+        device=device,
+        dtype=resolve_dtype(folder, device, dtype),
+        progress=progress,
+    )
+    return LoadedModel(folder, config, model, tokenizer, attention_backend, defaults)

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from blendrt.models.config import ModelConfig
 from blendrt.models.gptj import GPTJModel
 from blendrt.models.layers import RotaryEmbedding
 from blendrt.models.llama import LlamaModel
-from blendrt.models.weights import iter_safetensors, materialize, safetensors_files
+from blendrt.models.weights import (
+    count_tensors,
+    iter_safetensors,
+    materialize,
+    safetensors_files,
+)
+from blendrt.sampling import SamplingParams
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"llama": LlamaModel, "gptj": GPTJModel}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -30,6 +38,39 @@ def read_config(folder: str | Path, *, max_model_len: int | None = None) -> Mode
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     return ModelConfig.from_hf(hf, max_model_len=max_model_len)
+
+
+#: {generation_config.json key: SamplingParams field}: the sampling defaults a folder may
+#: set, the keys vLLM's `--generation-config auto` reads (it ignores do_sample, as we do).
+GENERATION_KEYS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "max_new_tokens": "max_tokens",
+}
+
+
+def read_generation_defaults(folder: str | Path) -> dict[str, Any]:
+    """{SamplingParams field: value} from the folder's generation_config.json ({} if none).
+    Raises ValueError naming the file and field for a value SamplingParams would refuse."""
+    path = Path(folder) / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        hf = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(hf, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    defaults = {field: hf[key] for key, field in GENERATION_KEYS.items() if hf.get(key) is not None}
+    for field, value in defaults.items():
+        try:
+            SamplingParams(**{field: value})
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {field} = {value!r} is not a valid default: {e}") from e
+    return defaults
 
 
 def resolve_dtype(
@@ -58,14 +99,25 @@ def load_weights(
     *,
     device: torch.device,
     dtype: torch.dtype,
+    progress: bool | None = None,
 ) -> nn.Module:
-    """The model with its weights, built without ever holding two copies of them."""
+    """The model with its weights, built without ever holding two copies of them.
+    `progress`: a tqdm bar over the checkpoint's tensors on stderr (None: on a terminal)."""
     folder = Path(folder)
     files = safetensors_files(folder)
     with torch.device("meta"):
         model = MODEL_CLASSES[config.family](config)
     materialize(model, device, dtype)
-    model.weight_map().load(iter_safetensors(files))
+    tensors = iter_safetensors(files)
+    with tqdm(
+        tensors,
+        total=count_tensors(files),
+        desc=f"loading {folder.name}",
+        unit=" tensors",
+        disable=None if progress is None else not progress,
+        leave=False,
+    ) as bar:
+        model.weight_map().load(bar)
     with torch.device(device):
         model.rotary = RotaryEmbedding(config.rope, config.max_position_embeddings)
     return model.eval()

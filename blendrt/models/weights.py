@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -117,13 +118,25 @@ def safetensors_files(folder: Path) -> list[Path]:
     raise FileNotFoundError(f"{folder}: no model weights (*.safetensors) found")
 
 
+def _open(path: Path) -> Any:  # safetensors' handle type is private
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except Exception as e:  # safetensors raises its own error type for a bad header
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+
+
+def count_tensors(files: list[Path]) -> int:
+    """How many tensors the files hold (read from their headers)."""
+    total = 0
+    for path in files:
+        with _open(path) as f:
+            total += len(f.keys())
+    return total
+
+
 def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     """Yields (name, tensor) one at a time from memory-mapped files."""
     for path in files:
-        try:
-            handle = safe_open(str(path), framework="pt", device="cpu")
-        except Exception as e:  # safetensors raises its own error type for a bad header
-            raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
-        with handle as f:
+        with _open(path) as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 yield name, f.get_tensor(name)
