@@ -9,12 +9,13 @@ the exact ids it generated so that its cache stays valid even for stateless call
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,10 @@ from blendrt.models.loaded import LoadedModel, load_model
 from blendrt.policy import MemberPolicy
 from blendrt.sampling import SamplingParams
 from blendrt.tokenizer.chat_format import ChatFormat, Message, get_chat_format, validate_messages
+from blendrt.truncation import TRUNCATION_MODES, ContextLengthError, fit_history
 
 _MAX_REMEMBERED_REPLIES = 65536
+DEFAULT_MAX_TOKENS = 512  # the longest reply of a turn that sets no max_tokens
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class Usage:
     prompt_tokens: int
     cached_prompt_tokens: int
     completion_tokens: int
+    truncated_messages: int = 0  # oldest messages dropped to fit the member's window
+    truncated_tokens: int = 0  # prompt tokens the history lost by it
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,14 @@ class Reply:
 class PreparedTurn:
     member: str
     prompt_ids: list[int]
-    sampling: SamplingParams
+    sampling: SamplingParams  # max_tokens resolved
+    num_truncated_messages: int = 0
+    num_truncated_tokens: int = 0
+
+
+#: What `sampling=` may be: explicit parameters, {field: value} over the member's defaults,
+#: or None (the member's defaults).
+SamplingSpec = SamplingParams | Mapping[str, Any] | None
 
 
 class Blend:
@@ -87,17 +99,41 @@ class Blend:
         seed: int | None = None,
         config: EngineConfig | None = None,
         models: dict[str, LoadedModel] | None = None,
+        generation_config: str = "auto",
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        truncation_chunk: int | None = None,
+        progress: bool | None = None,
     ) -> None:
         """`models` may pass members already loaded ({name: LoadedModel}), e.g. to build
-        several blends over the same weights; they must not serve two blends at once."""
+        several blends over the same weights; they must not serve two blends at once.
+
+        generation_config: "auto" applies each member folder's generation_config.json
+        sampling defaults where a turn's `sampling` leaves a field unset; "none" ignores them.
+        default_max_tokens: the longest reply of a turn that sets no max_tokens (it gets what
+        the member's window leaves, at most this). truncation_chunk: tokens per truncation
+        step (see blendrt.truncation; None: half the room, 1: drop as few messages as
+        possible). progress: loading bars on stderr (None: when stderr is a terminal)."""
         if not members:
             raise ValueError("a blend needs at least one member")
         names = [m.name for m in members]
         if len(set(names)) != len(names):
             raise ValueError(f"member names must be unique, got {names}")
+        if generation_config not in ("auto", "none"):
+            raise ValueError(
+                f"generation_config must be 'auto' or 'none', got {generation_config!r}"
+            )
+        if not isinstance(default_max_tokens, int) or default_max_tokens < 1:
+            raise ValueError(f"default_max_tokens must be a positive int, got {default_max_tokens}")
+        if truncation_chunk is not None and (
+            not isinstance(truncation_chunk, int) or truncation_chunk < 1
+        ):
+            raise ValueError(f"truncation_chunk must be a positive int, got {truncation_chunk}")
         self.config = config or EngineConfig()
         self.members = {m.name: m for m in members}
         self.policy = MemberPolicy(names, [m.weight for m in members], policy, seed)
+        self.generation_config = generation_config
+        self.default_max_tokens = default_max_tokens
+        self.truncation_chunk = truncation_chunk
         given = models or {}
         models = {
             m.name: given.get(m.name)
@@ -107,6 +143,7 @@ class Blend:
                 dtype=self.config.dtype,
                 max_model_len=self.config.max_model_len,
                 attention_backend=self.config.attention_backend,
+                progress=progress,
             )
             for m in members
         }
@@ -130,24 +167,117 @@ class Blend:
         messages: Sequence[Message],
         *,
         member: str | None = None,
-        sampling: SamplingParams | None = None,
+        sampling: SamplingSpec = None,
+        truncation: str = "auto",
     ) -> PreparedTurn:
-        """Chooses the member and renders the prompt; raises ValueError on bad input."""
+        """Chooses the member and renders the prompt, fitted to its window (see
+        blendrt.truncation); raises ValueError on bad input, ContextLengthError (a
+        ValueError) when it cannot fit. Unpinned, the policy chooses among the members whose
+        window can hold the turn."""
         validate_messages(messages)
-        if member is None:
-            member = self.policy.choose()
-        elif member not in self.members:
-            raise ValueError(f"unknown member {member!r}; members: {', '.join(self.members)}")
-        fmt = self.formats[member]
-        prompt_ids = fmt.render(self._with_own_ids(member, messages))
-        sampling = sampling or SamplingParams()
-        if not sampling.ignore_eos:  # the format's own stops (EOS, "\nYou:", ...)
-            sampling = dataclasses.replace(
-                sampling,
-                extra_stop=tuple(fmt.stop_strings),
-                stop_token_ids=tuple(sorted(set(sampling.stop_token_ids) | fmt.stop_token_ids)),
+        if truncation not in TRUNCATION_MODES:
+            raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+        if member is not None:
+            if member not in self.members:
+                raise ValueError(f"unknown member {member!r}; members: {', '.join(self.members)}")
+            return self._prepare_for(member, messages, sampling, truncation)
+        chosen = self.policy.choose()
+        try:
+            return self._prepare_for(chosen, messages, sampling, truncation)
+        except ContextLengthError as e:
+            refused = e
+        fitting = {}
+        for name in self.members:
+            if name != chosen:
+                with contextlib.suppress(ContextLengthError):
+                    fitting[name] = self._prepare_for(name, messages, sampling, truncation)
+        if not fitting:
+            windows = ", ".join(f"{n} {self.engine.max_model_len(n)}" for n in self.members)
+            raise ContextLengthError(
+                f"{refused} (no member's window fits this turn; windows: {windows})",
+                param=refused.param,
             )
-        return PreparedTurn(member, prompt_ids, sampling)
+        return fitting[self.policy.choose(fitting)]
+
+    def _prepare_for(
+        self, member: str, messages: Sequence[Message], sampling: SamplingSpec, truncation: str
+    ) -> PreparedTurn:
+        fmt = self.formats[member]
+        window = self.engine.max_model_len(member)
+        params = self.sampling_for(member, sampling)
+        if params.max_tokens is not None:
+            reserve = params.max_tokens
+        elif truncation == "auto":  # keep room for a reply of some length
+            reserve = max(1, min(self.default_max_tokens, window // 4))
+        else:
+            reserve = 1
+        try:
+            fitted = fit_history(
+                fmt,
+                self._with_own_ids(member, messages),
+                window=window,
+                reserve=reserve,
+                truncation=truncation,
+                chunk=self.truncation_chunk,
+            )
+        except ContextLengthError as e:
+            raise ContextLengthError(f"member {member!r}: {e}", param=e.param) from None
+        max_tokens = params.max_tokens or min(
+            self.default_max_tokens, window - len(fitted.prompt_ids)
+        )
+        return PreparedTurn(
+            member,
+            fitted.prompt_ids,
+            self._with_format_stops(member, dataclasses.replace(params, max_tokens=max_tokens)),
+            fitted.num_truncated_messages,
+            fitted.num_truncated_tokens,
+        )
+
+    def prepare_prompt(
+        self, member: str, prompt_ids: Sequence[int], sampling: SamplingSpec = None
+    ) -> PreparedTurn:
+        """A raw prompt (token ids, no chat format) for a member: the sampling resolved as
+        for a chat turn; ContextLengthError if it and max_tokens do not fit the window."""
+        if member not in self.members:
+            raise ValueError(f"unknown member {member!r}; members: {', '.join(self.members)}")
+        window = self.engine.max_model_len(member)
+        params = self.sampling_for(member, sampling)
+        room = window - len(prompt_ids)
+        max_tokens = params.max_tokens or min(self.default_max_tokens, room)
+        if max_tokens > room:
+            raise ContextLengthError(
+                f"member {member!r}: the prompt takes {len(prompt_ids)} tokens, and with "
+                f"max_tokens {max_tokens} exceeds the window of {window} tokens",
+                param="max_tokens" if len(prompt_ids) < window else "prompt",
+            )
+        params = dataclasses.replace(params, max_tokens=max_tokens)
+        return PreparedTurn(member, list(prompt_ids), params)
+
+    def sampling_for(self, member: str, sampling: SamplingSpec = None) -> SamplingParams:
+        """Explicit SamplingParams as given; otherwise the given fields over the member's
+        generation_config.json defaults (unless generation_config="none") over
+        SamplingParams' own, with max_tokens None (what the window leaves) unless set."""
+        if isinstance(sampling, SamplingParams):
+            return sampling
+        fields: dict[str, Any] = {"max_tokens": None}
+        if self.generation_config == "auto":
+            fields |= self.engine.models[member].generation_defaults
+        fields |= dict(sampling or {})
+        unknown = set(fields) - {f.name for f in dataclasses.fields(SamplingParams)}
+        if unknown:
+            raise ValueError(f"unknown sampling fields: {', '.join(sorted(unknown))}")
+        return SamplingParams(**fields)
+
+    def _with_format_stops(self, member: str, sampling: SamplingParams) -> SamplingParams:
+        """The format's own stops (EOS, "\nYou:", ...) unless EOS is ignored."""
+        if sampling.ignore_eos:
+            return sampling
+        fmt = self.formats[member]
+        return dataclasses.replace(
+            sampling,
+            extra_stop=tuple(fmt.stop_strings),
+            stop_token_ids=tuple(sorted(set(sampling.stop_token_ids) | fmt.stop_token_ids)),
+        )
 
     def _with_own_ids(self, member: str, messages: Sequence[Message]) -> list[Message]:
         out = []
@@ -190,7 +320,13 @@ class Blend:
             member=turn.member,
             token_ids=reply_ids,
             finish_reason=last.finish_reason or "abort",
-            usage=Usage(last.num_prompt_tokens, last.num_cached_tokens, last.num_output_tokens),
+            usage=Usage(
+                last.num_prompt_tokens,
+                last.num_cached_tokens,
+                last.num_output_tokens,
+                turn.num_truncated_messages,
+                turn.num_truncated_tokens,
+            ),
             time_to_first_token=(first_token or end) - start,
             total_time=end - start,
         )
@@ -200,10 +336,11 @@ class Blend:
         messages: Sequence[Message],
         *,
         member: str | None = None,
-        sampling: SamplingParams | None = None,
+        sampling: SamplingSpec = None,
+        truncation: str = "auto",
     ) -> Reply:
         """The next assistant turn (blocking). Thread-safe."""
-        turn = self.prepare(messages, member=member, sampling=sampling)
+        turn = self.prepare(messages, member=member, sampling=sampling, truncation=truncation)
         outputs: queue.SimpleQueue[RequestOutput] = queue.SimpleQueue()
         start, first_token, parts = time.perf_counter(), None, []
         request_id = self._loop.submit(turn.member, turn.prompt_ids, turn.sampling, outputs.put)
@@ -235,11 +372,13 @@ class Blend:
         messages: Sequence[Message],
         *,
         member: str | None = None,
-        sampling: SamplingParams | None = None,
+        sampling: SamplingSpec = None,
+        truncation: str = "auto",
     ) -> BlendStream:
         """An async iterator of text deltas; `.member` names the writer at once and `.reply`
         holds the Reply when done. Closing or cancelling it frees the request's pages."""
-        return BlendStream(self, self.prepare(messages, member=member, sampling=sampling))
+        turn = self.prepare(messages, member=member, sampling=sampling, truncation=truncation)
+        return BlendStream(self, turn)
 
     # ---- introspection -------------------------------------------------------------------
 

@@ -12,12 +12,13 @@ are size-limited (413), and bad input is answered 4xx with an OpenAI-style error
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import json
+import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,15 +35,19 @@ from blendrt.server.protocol import (
     CompletionRequest,
     from_validation_error,
 )
+from blendrt.truncation import ContextLengthError
 
-DEFAULT_MAX_TOKENS = 256
+logger = logging.getLogger("blendrt.server")
 
 
 class ServerState:
-    def __init__(self, blend: Blend, api_key: str | None, max_in_flight: int) -> None:
+    def __init__(
+        self, blend: Blend, api_key: str | None, max_in_flight: int, served_model_name: str
+    ) -> None:
         self.blend = blend
         self.api_key = api_key
         self.max_in_flight = max_in_flight
+        self.served_model_name = served_model_name  # the blend's model id
         self.in_flight = 0
         self.metrics = ServerMetrics(blend)
 
@@ -53,9 +58,15 @@ def create_app(
     api_key: str | None = None,
     max_in_flight: int = 256,
     max_body_bytes: int = 4 << 20,
+    served_model_name: str = "blend",
 ) -> FastAPI:
+    if not served_model_name or served_model_name in blend.members:
+        raise ValueError(
+            f"served_model_name {served_model_name!r} must be non-empty and differ from the "
+            f"member names ({', '.join(blend.members)})"
+        )
     app = FastAPI(title="blendrt", docs_url=None, redoc_url=None)
-    state = ServerState(blend, api_key, max_in_flight)
+    state = ServerState(blend, api_key, max_in_flight, served_model_name)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=max_body_bytes,
@@ -81,7 +92,7 @@ def create_app(
     async def models(request: Request) -> dict[str, Any]:
         _authorize(state, request)
         now = int(time.time())
-        ids = ["blend", *blend.members]
+        ids = [state.served_model_name, *blend.members]
         return {
             "object": "list",
             "data": [
@@ -94,13 +105,13 @@ def create_app(
         _authorize(state, request)
         body = _parse(ChatCompletionRequest, await _json(request))
         member = _member(state, body.model)
-        try:
+        with _bad_input():
             turn = blend.prepare(
-                body.blend_messages(), member=member, sampling=body.sampling(DEFAULT_MAX_TOKENS)
+                body.blend_messages(),
+                member=member,
+                sampling=body.sampling_fields(),
+                truncation=body.truncation,
             )
-            turn = _fit_max_tokens(blend, turn, body.requested_max_tokens(), body)
-        except ValueError as e:
-            raise APIError(400, str(e)) from e
         return await _respond(state, request, turn, body.stream, _include_usage(body), chat=True)
 
     @app.post("/v1/completions")
@@ -116,15 +127,8 @@ def create_app(
                 param="model",
             )
         ids = blend.tokenizer(member).encode(body.prompt)
-        try:
-            turn = _fit_max_tokens(
-                blend,
-                PreparedTurn(member, ids, body.sampling(1)),
-                body.requested_max_tokens(),
-                body,
-            )
-        except ValueError as e:
-            raise APIError(400, str(e)) from e
+        with _bad_input():
+            turn = blend.prepare_prompt(member, ids, body.sampling_fields())
         return await _respond(state, request, turn, body.stream, _include_usage(body), chat=False)
 
     return app
@@ -160,11 +164,22 @@ def _parse(model: type, data: Any) -> Any:
         raise from_validation_error(e) from e
 
 
+@contextlib.contextmanager
+def _bad_input() -> Iterator[None]:
+    """ValueErrors of preparing a turn as 400s (context_length_exceeded where it is that)."""
+    try:
+        yield
+    except ContextLengthError as e:
+        raise APIError(400, str(e), param=e.param, code=e.code) from e
+    except ValueError as e:
+        raise APIError(400, str(e)) from e
+
+
 def _member(state: ServerState, model: str) -> str | None:
-    if model == "blend":
+    if model == state.served_model_name:
         return None
     if model not in state.blend.members:
-        known = ", ".join(["blend", *state.blend.members])
+        known = ", ".join([state.served_model_name, *state.blend.members])
         raise APIError(
             404,
             f"model {model!r} not found; available: {known}",
@@ -176,22 +191,6 @@ def _member(state: ServerState, model: str) -> str | None:
 
 def _include_usage(body: Any) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
-
-
-def _fit_max_tokens(
-    blend: Blend, turn: PreparedTurn, requested: int | None, body: Any
-) -> PreparedTurn:
-    """The client's max_tokens, or by default what the member's context leaves (<= 256)."""
-    room = blend.engine.max_model_len(turn.member) - len(turn.prompt_ids)
-    max_tokens = requested if requested is not None else min(DEFAULT_MAX_TOKENS, room)
-    if max_tokens < 1:
-        raise ValueError(
-            f"the prompt ({len(turn.prompt_ids)} tokens) fills member "
-            f"{turn.member!r}'s context; nothing is left to generate"
-        )
-    return dataclasses.replace(
-        turn, sampling=dataclasses.replace(turn.sampling, max_tokens=max_tokens)
-    )
 
 
 async def _respond(
@@ -264,6 +263,9 @@ def _usage(out: BlendStream) -> dict[str, Any]:
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": u.cached_prompt_tokens},
+        # blendrt: the oldest messages left out to fit the member's window (truncation auto)
+        "truncated_messages": u.truncated_messages,
+        "truncated_tokens": u.truncated_tokens,
     }
 
 
@@ -325,17 +327,27 @@ async def _sse(
             yield chunk(
                 [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
             )
-        async for delta in state.metrics.timed(out):
-            piece = {"content": delta} if chat else None
-            yield chunk(
-                [
-                    {
-                        "index": 0,
-                        "finish_reason": None,
-                        **({"delta": piece} if chat else {"text": delta}),
-                    }
-                ]
-            )
+        try:
+            async for delta in state.metrics.timed(out):
+                piece = {"content": delta} if chat else None
+                yield chunk(
+                    [
+                        {
+                            "index": 0,
+                            "finish_reason": None,
+                            **({"delta": piece} if chat else {"text": delta}),
+                        }
+                    ]
+                )
+        except Exception as e:
+            # NOTE: the 200 is already sent: a failure after it is an error event, then
+            # [DONE], so clients see why the stream ended rather than a cut connection.
+            logger.exception("stream %s failed", rid)
+            state.metrics.count(request.url.path, 500)
+            error = APIError(500, f"generation failed: {e}", kind="server_error")
+            yield f"data: {json.dumps(error.body())}\n\n"
+            yield "data: [DONE]\n\n"
+            return
         reason = "length" if out.reply and out.reply.finish_reason == "length" else "stop"
         yield chunk(
             [{"index": 0, "finish_reason": reason, **({"delta": {}} if chat else {"text": ""})}]

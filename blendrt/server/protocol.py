@@ -10,8 +10,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
-from blendrt.sampling import SamplingParams
-
 
 class APIError(Exception):
     """An error answered as an OpenAI-style error object."""
@@ -72,6 +70,21 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
+#: Request fields that are SamplingParams fields of the same name (stop and max_tokens are
+#: converted separately).
+_SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "ignore_eos",
+)
+
+
 class _Sampling(BaseModel):
     """Fields shared by /v1/chat/completions and /v1/completions."""
 
@@ -108,19 +121,28 @@ class _Sampling(BaseModel):
             raise ValueError("stop takes up to 4 non-empty strings")
         return stop
 
-    def sampling(self, max_tokens: int) -> SamplingParams:
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return SamplingParams(
-            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
-            repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty, max_tokens=max_tokens, stop=stop,
-            seed=self.seed, ignore_eos=self.ignore_eos,
-        )  # fmt: skip
+    def sampling_fields(self) -> dict[str, Any]:
+        """{SamplingParams field: value} for the fields the request sets; the member's
+        generation_config.json defaults (then SamplingParams') fill the rest."""
+        given = {
+            name: getattr(self, name) for name in _SAMPLING_FIELDS if name in self.model_fields_set
+        }
+        if self.requested_max_tokens() is not None:
+            given["max_tokens"] = self.requested_max_tokens()
+        if self.stop is not None:
+            given["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return given
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    # As in OpenAI's Responses API: "auto" drops the oldest messages to fit the member's
+    # window; "disabled" answers 400 context_length_exceeded instead.
+    truncation: Literal["auto", "disabled"] = "auto"
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -137,6 +159,3 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str = Field(min_length=1)
-
-    def requested_max_tokens(self) -> int | None:
-        return self.max_tokens
