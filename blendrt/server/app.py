@@ -225,6 +225,8 @@ async def _respond(
         return StreamingResponse(body, media_type="text/event-stream", headers=headers)
     try:
         text = await _collect(state, request, out)
+    except ValueError as e:  # the engine refused the request (say, the pool is too small)
+        raise APIError(400, str(e)) from e
     finally:
         release()
     state.metrics.count(path, 200)
@@ -342,9 +344,11 @@ async def _sse(
         except Exception as e:
             # NOTE: the 200 is already sent: a failure after it is an error event, then
             # [DONE], so clients see why the stream ended rather than a cut connection.
-            logger.exception("stream %s failed", rid)
-            state.metrics.count(request.url.path, 500)
-            error = APIError(500, f"generation failed: {e}", kind="server_error")
+            if isinstance(e, ValueError):  # the engine refused the request
+                error = APIError(400, str(e))
+            else:
+                logger.exception("stream %s failed", rid)
+                error = APIError(500, f"generation failed: {e}", kind="server_error")
             yield f"data: {json.dumps(error.body())}\n\n"
             yield "data: [DONE]\n\n"
             return
