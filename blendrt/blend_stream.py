@@ -3,45 +3,54 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
+from blendrt.engine.loop import EngineLoop
 from blendrt.engine.request import RequestOutput
-
-if TYPE_CHECKING:
-    from blendrt.blend import Blend, PreparedTurn, Reply
+from blendrt.turn import PreparedTurn, Reply, ReplyMemory, TurnCollector
 
 
 class BlendStream:
-    """`async for delta in stream` yields text; `stream.member` is known before the first
-    delta and `stream.reply` once the turn ends. Leaving early (break + aclose, `async with`,
-    or cancelling the task) aborts the request and frees its pages."""
+    """`async for delta in stream` yields the text of the (first) candidate; `outputs()`
+    yields every candidate's (delta, RequestOutput). `stream.member` is known before the
+    first delta and `stream.reply` once the turn ends. Leaving early (break + aclose,
+    `async with`, or cancelling the task) aborts the request and frees its pages."""
 
-    def __init__(self, blend: Blend, turn: PreparedTurn) -> None:
+    def __init__(self, loop: EngineLoop, turn: PreparedTurn, memory: ReplyMemory) -> None:
         self.member = turn.member
-        self.reply: Reply | None = None
-        self._blend = blend
-        self._turn = turn
-        self._gen = self._run()
+        self.turn = turn
+        self._loop = loop
+        self._collector = TurnCollector(turn, memory)
+        self._outputs = self._run()
+        self._text = self._first_candidate_text()
         self._request_id: int | None = None
         self._cancelled = False
+
+    @property
+    def reply(self) -> Reply | None:
+        return self._collector.reply
 
     def cancel(self) -> None:
         """Aborts the request from outside the iteration (any coroutine of the same loop,
         e.g. a watcher of the client's connection); iteration then ends with no more text."""
         self._cancelled = True
         if self._request_id is not None:
-            self._blend._loop.abort_soon(self._request_id)
+            self._loop.abort_soon(self._request_id)
 
     def __aiter__(self) -> BlendStream:
         return self
 
     async def __anext__(self) -> str:
-        return await self._gen.__anext__()
+        return await self._text.__anext__()
+
+    def outputs(self) -> AsyncIterator[tuple[str, RequestOutput]]:
+        """Every candidate's outputs, each with the new text it adds (not mixable with
+        iterating the stream itself)."""
+        return self._outputs
 
     async def aclose(self) -> None:
-        await self._gen.aclose()
+        await self._text.aclose()
+        await self._outputs.aclose()
 
     async def __aenter__(self) -> BlendStream:
         return self
@@ -49,16 +58,20 @@ class BlendStream:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _run(self) -> AsyncIterator[str]:
+    async def _first_candidate_text(self) -> AsyncIterator[str]:
+        async for delta, out in self._outputs:
+            if delta and out.index == 0:
+                yield delta
+
+    async def _run(self) -> AsyncIterator[tuple[str, RequestOutput]]:
         loop = asyncio.get_running_loop()
-        outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
-        turn, engine_loop = self._turn, self._blend._loop
-        start, first_token, parts = time.perf_counter(), None, []
+        queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        turn, engine_loop = self.turn, self._loop
         future = engine_loop.submit_soon(
             turn.member,
             turn.prompt_ids,
             turn.sampling,
-            lambda out: loop.call_soon_threadsafe(outputs.put_nowait, out),
+            lambda out: loop.call_soon_threadsafe(queue.put_nowait, out),
         )
         try:
             request_id = await asyncio.wrap_future(future)
@@ -74,27 +87,13 @@ class BlendStream:
         self._request_id = request_id
         if self._cancelled:
             engine_loop.abort_soon(request_id)
-        finished = False
+        done = False
         try:
-            while True:
-                out = await outputs.get()
-                if out.error:
-                    raise RuntimeError(out.error)
-                if first_token is None and out.new_token_ids:
-                    first_token = time.perf_counter()
-                # The reply's leading spaces belong to the format ("Bob: Hi"), not the text.
-                delta = out.delta_text if parts else out.delta_text.lstrip(" ")
-                if delta:
-                    parts.append(delta)
-                if out.finished:
-                    finished = True
-                    self.reply = self._blend.finish_reply(
-                        turn, "".join(parts), out, start, first_token
-                    )
-                if delta:
-                    yield delta
-                if finished:
-                    return
+            while not done:
+                out = await queue.get()
+                delta = self._collector.add(out)
+                done = out.done
+                yield delta, out
         finally:
-            if not finished:
+            if not done:
                 await asyncio.wrap_future(engine_loop.abort_soon(request_id))

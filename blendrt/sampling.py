@@ -8,14 +8,60 @@ the batch; the other rows share one draw.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+#: {field: (low, high)}: the inclusive range of every numeric sampling parameter, checked
+#: here and published in the server's schema. Floats must also be finite.
+RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 10.0),  # 0 = greedy
+    "top_p": (1e-9, 1.0),  # (0, 1]
+    "top_k": (0, 1 << 20),  # 0 = off
+    "min_p": (0.0, 1.0),
+    "repetition_penalty": (0.01, 100.0),  # 1 = off
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+    "max_tokens": (1, 1 << 20),
+    "min_tokens": (0, 1 << 20),
+    "n": (1, 16),
+    "best_of": (1, 16),
+    "logprobs": (0, 20),  # top alternatives per token, besides the chosen one
+    "seed": (0, (1 << 64) - 1),
+    "logit_bias": (-100.0, 100.0),  # each bias
+}
+INT_FIELDS = {"top_k", "max_tokens", "min_tokens", "n", "best_of", "logprobs", "seed"}
+MAX_STOPS, MAX_STOP_CHARS = 16, 1024  # stop strings per request, characters each
+MAX_STOP_TOKEN_IDS = MAX_LOGIT_BIAS = 1024  # entries
+MAX_TOKEN_ID = (1 << 31) - 1
+
+
+def _check_number(name: str, value: object) -> None:
+    low, high = RANGES[name]
+    if name in INT_FIELDS:
+        ok = type(value) is int  # not a bool, not a float
+    else:
+        ok = type(value) in (int, float) and math.isfinite(value)
+    if not ok or not low <= value <= high:
+        kind = "an int" if name in INT_FIELDS else "a finite number"
+        raise ValueError(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
+
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How one request samples. Every field has a range (RANGES); bad values raise
+    ValueError naming the field.
+
+    ignore_eos: EOS (the model's and the chat format's stop tokens) neither ends the reply nor
+    is sampled, and the format's stop strings do not apply; the request's own `stop` and
+    `stop_token_ids` still do. min_tokens: until that many tokens are generated, stop tokens
+    are not sampled and stop strings are not looked for. n: candidates returned, best_of:
+    candidates sampled (the n with the highest cumulative log-probability are returned); all
+    share the prompt's pages. logprobs: return each chosen token's log-probability under the
+    model (raw logits) and that many top alternatives."""
+
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
@@ -24,59 +70,92 @@ class SamplingParams:
     presence_penalty: float = 0.0  # OpenAI style, over output tokens
     frequency_penalty: float = 0.0
     max_tokens: int | None = 128  # None: until the member's window is full
+    min_tokens: int = 0
     stop: tuple[str, ...] = ()  # stop strings: generation ends before them, never shown
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     seed: int | None = None
+    n: int = 1
+    best_of: int | None = None  # None: n
+    logprobs: int | None = None  # None: none returned
+    # {token id: bias added to its logit}, kept as sorted (id, bias) pairs so params hash.
+    logit_bias: tuple[tuple[int, float], ...] = ()
     # Filled in by the blend from the member's chat format: stops it implies.
     extra_stop: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
-        object.__setattr__(self, "stop", tuple(self.stop))
-        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
-        checks = [
-            (self.temperature >= 0, "temperature must be >= 0"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an int >= 0"),
-            (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
-            (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
-            (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
-            (
-                self.max_tokens is None
-                or (isinstance(self.max_tokens, int) and self.max_tokens > 0),
-                "max_tokens must be a positive int or None",
-            ),
-            (all(isinstance(s, str) and s for s in self.stop), "stop must hold non-empty strings"),
-            (
-                all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
-                "stop_token_ids must hold non-negative ints",
-            ),
-            (self.seed is None or isinstance(self.seed, int), "seed must be an int"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"{message}, got {self!r}")
+        if isinstance(self.logit_bias, Mapping):
+            object.__setattr__(self, "logit_bias", tuple(sorted(self.logit_bias.items())))
+        for name in ("stop", "stop_token_ids", "logit_bias", "extra_stop"):
+            value = getattr(self, name)
+            if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+                raise ValueError(f"{name} must be a list, got {type(value).__name__}")
+            object.__setattr__(self, name, tuple(value))
+        for name in RANGES:
+            value = getattr(self, name)
+            if name == "logit_bias" or (value is None and name in _OPTIONAL):
+                continue
+            _check_number(name, value)
+        if type(self.ignore_eos) is not bool:
+            raise ValueError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens {self.min_tokens} exceeds max_tokens {self.max_tokens}")
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) must be >= n ({self.n})")
+        if len(self.stop) > MAX_STOPS or not all(
+            isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in self.stop
+        ):
+            raise ValueError(
+                f"stop takes up to {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} "
+                f"characters, got {self.stop!r}"
+            )
+        ids = self.stop_token_ids
+        if len(ids) > MAX_STOP_TOKEN_IDS or not all(_is_token_id(t) for t in ids):
+            raise ValueError(
+                f"stop_token_ids takes up to {MAX_STOP_TOKEN_IDS} token ids in "
+                f"[0, {MAX_TOKEN_ID}], got {ids!r}"
+            )
+        bias = self.logit_bias
+        if len(bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias takes up to {MAX_LOGIT_BIAS} entries, got {len(bias)}")
+        for pair in bias:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and _is_token_id(pair[0])):
+                raise ValueError(f"logit_bias maps token ids in [0, {MAX_TOKEN_ID}] to biases")
+            _check_number("logit_bias", pair[1])
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
     @property
+    def num_candidates(self) -> int:
+        """Candidates sampled per request: best_of, else n."""
+        return self.best_of or self.n
+
+    @property
     def all_stop_strings(self) -> tuple[str, ...]:
         return self.stop + self.extra_stop
 
 
+_OPTIONAL = {"max_tokens", "seed", "best_of", "logprobs"}  # may be None
+
+
+def _is_token_id(t: object) -> bool:
+    return type(t) is int and 0 <= t <= MAX_TOKEN_ID
+
+
 @dataclass
 class SamplingRow:
-    """One row of a batch: its parameters, its tokens so far, its generator if seeded."""
+    """One row of a batch: its parameters, its tokens so far, its generator if seeded, and
+    the token ids it may not sample now (EOS under ignore_eos, stops before min_tokens)."""
 
     params: SamplingParams
     prompt_ids: Sequence[int]
     output_ids: Sequence[int]
     generator: torch.Generator | None = None
+    banned_ids: Sequence[int] = ()
 
 
 def _column(rows: list[SamplingRow], name: str, device: torch.device) -> torch.Tensor:
@@ -112,6 +191,22 @@ def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
     return logits
 
 
+def apply_bias_and_bans(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """Adds each row's logit_bias and masks (to -inf) its banned ids; ids past the vocabulary
+    are refused earlier (the engine knows the vocabulary)."""
+    if not any(r.params.logit_bias or r.banned_ids for r in rows):
+        return logits
+    logits = logits.clone()
+    for i, r in enumerate(rows):
+        if r.params.logit_bias:
+            ids = torch.tensor([t for t, _ in r.params.logit_bias], device=logits.device)
+            bias = torch.tensor([b for _, b in r.params.logit_bias], device=logits.device)
+            logits[i, ids] += bias
+        if r.banned_ids:
+            logits[i, torch.tensor(list(r.banned_ids), device=logits.device)] = float("-inf")
+    return logits
+
+
 def apply_top_k_top_p_min_p(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     """Masks (to -inf) tokens outside each row's top-k, top-p nucleus and min-p floor."""
     device = logits.device
@@ -136,7 +231,7 @@ def apply_top_k_top_p_min_p(logits: torch.Tensor, rows: list[SamplingRow]) -> to
 
 def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     """logits [B, V] float32 -> token ids [B] (int64, on logits' device)."""
-    logits = apply_penalties(logits.float(), rows)
+    logits = apply_bias_and_bans(apply_penalties(logits.float(), rows), rows)
     greedy_ids = logits.argmax(-1)
     if all(r.params.greedy for r in rows):
         return greedy_ids
@@ -156,3 +251,19 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     sampled = (probs / noise).argmax(-1)
     is_greedy = (temperature == 0).squeeze(-1)
     return torch.where(is_greedy, greedy_ids, sampled)
+
+
+def token_logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, num_top: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probabilities under the model (raw logits [B, V]): of each row's chosen token
+    [B], and the num_top most likely ids [B, num_top] with theirs [B, num_top]."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(-1, token_ids.view(-1, 1).to(logprobs.device)).squeeze(-1)
+    top = logprobs.topk(num_top, dim=-1) if num_top else None
+    empty = logprobs.new_empty(logprobs.shape[0], 0)
+    return (
+        chosen,
+        top.indices if top else empty.long(),
+        top.values if top else empty,
+    )

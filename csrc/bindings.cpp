@@ -231,6 +231,7 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("seq_ids"), py::arg("num_tokens"))
       .def("free", &KVCacheCore::free, py::arg("seq_id"))
+      .def("fork", &KVCacheCore::fork, py::arg("parent_id"), py::arg("child_id"))
       .def("clear_prefix_cache", &KVCacheCore::clear_prefix_cache)
       .def(
           "build_batch",

@@ -234,6 +234,36 @@ void KVCacheCore::free(int64_t seq_id) {
   seqs_.erase(seq_id);
 }
 
+std::pair<int32_t, int32_t> KVCacheCore::fork(int64_t parent_id, int64_t child_id) {
+  if (seqs_.count(child_id)) throw std::invalid_argument(seq_name(child_id) + " already exists");
+  const Sequence& parent = seq(parent_id);
+  if (!parent.has_allocated) {
+    throw std::invalid_argument("cannot fork " + seq_name(parent_id) + ": it has no pages yet");
+  }
+  const int32_t tpp = members_[parent.member].tokens_per_page;
+  const auto num_pages = static_cast<size_t>(ceil_div(parent.num_computed_tokens, tpp));
+  const bool partial = parent.num_computed_tokens % tpp != 0;
+  if (partial && allocator_.num_available() == 0) return {-2, -2};
+  Sequence child = parent;
+  child.block_table.resize(num_pages);
+  child.page_keys.resize(std::min(child.page_keys.size(), num_pages));
+  std::pair<int32_t, int32_t> copy{-1, -1};
+  for (size_t i = 0; i < num_pages; ++i) {
+    if (partial && i + 1 == num_pages) {
+      bool evicted = false;
+      const int32_t page = allocator_.take(child.member, &evicted);
+      if (evicted) index_.erase_page(page);
+      copy = {child.block_table[i], page};
+      child.block_table[i] = page;
+    } else {
+      allocator_.ref(child.block_table[i]);
+    }
+  }
+  ++members_[child.member].num_sequences;
+  seqs_.emplace(child_id, std::move(child));
+  return copy;
+}
+
 int32_t KVCacheCore::clear_prefix_cache() {
   int32_t num_evicted = 0;
   for (int32_t page = allocator_.lru_front(); page >= 0; page = allocator_.lru_front()) {

@@ -24,6 +24,7 @@
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "hash128.h"
@@ -90,6 +91,13 @@ class KVCacheCore {
   void commit(int64_t seq_id, int32_t num_tokens);
   // Releases the sequence: cached pages go to the LRU queue, the others to the free queue.
   void free(int64_t seq_id);
+  // A new sequence child_id with parent_id's tokens and computed pages, shared (refcount
+  // + 1): the candidates of one prompt are prefilled once. A partially computed last page
+  // cannot be shared (both would write their next tokens into it): the child gets a fresh
+  // page there, and the caller copies the parent's page into it (copy on write). Returns the
+  // copy as {src, dst} ({-1, -1}: none needed), or {-2, -2} with nothing changed when no
+  // page is available for the copy.
+  std::pair<int32_t, int32_t> fork(int64_t parent_id, int64_t child_id);
   // Evicts every cached, unreferenced page; returns how many.
   int32_t clear_prefix_cache();
 

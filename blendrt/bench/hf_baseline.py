@@ -150,11 +150,15 @@ def run_transformers_with_replies(
             width = max(len(p) for p in prompts)
             input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            # NOTE: as blendrt's ignore_eos: EOS neither stops a reply nor is sampled.
+            eos = model.config.eos_token_id  # what blendrt reads from config.json
+            eos = [eos] if isinstance(eos, int) else list(eos or [])
             config = transformers.GenerationConfig(
                 do_sample=False,
                 max_new_tokens=n,
                 min_new_tokens=n,
                 eos_token_id=None,
+                suppress_tokens=eos or None,
                 pad_token_id=pad,
             )
             clock, cache = _StepClock(), _new_cache(transformers, model)

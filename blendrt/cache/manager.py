@@ -177,6 +177,14 @@ class KVCacheManager:
         """Releases a sequence; its cached pages stay in the LRU queue for later hits."""
         self._core.free(seq_id)
 
+    def fork(self, parent_id: int, child_id: int) -> tuple[int, int] | None:
+        """A new sequence sharing the parent's tokens and computed pages (n candidates of one
+        prompt, prefilled once). Returns the (src, dst) page copy the caller must make on the
+        device (copy on write of a partially computed last page), (-1, -1) if none, or None
+        with nothing changed when no page is free for that copy."""
+        src, dst = self._core.fork(parent_id, child_id)
+        return None if src == -2 else (src, dst)
+
     def num_computed_tokens(self, seq_id: int) -> int:
         return self._core.sequence_info(seq_id)["num_computed_tokens"]
 

@@ -134,6 +134,11 @@ class PagePool:
             raise ValueError(f"num_pages must be a positive int, got {num_pages!r}")
         return num_pages
 
+    def copy_page(self, src: int, dst: int) -> None:
+        """Copies page src's bytes (every layer of every member view) into page dst."""
+        pages = self.buffer.view(self.num_pages, self.page_bytes)
+        pages[dst].copy_(pages[src])
+
     @property
     def pool_bytes(self) -> int:
         return self.num_pages * self.page_bytes

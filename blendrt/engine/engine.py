@@ -9,6 +9,7 @@ caller. Everything it runs on is passed explicitly; no module state.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -19,13 +20,14 @@ from blendrt.cache.pool import PagePool, page_bytes_for
 from blendrt.config import EngineConfig
 from blendrt.engine.memory import activation_reserve_bytes, cuda_kv_cache_bytes
 from blendrt.engine.output import OutputText
-from blendrt.engine.request import Request, RequestOutput
-from blendrt.engine.scheduler import ScheduledBatch, Scheduler, SchedulerOutput
+from blendrt.engine.request import Request, RequestOutput, TokenLogprob
+from blendrt.engine.scheduler import ScheduledBatch, Scheduler
 from blendrt.models.loaded import LoadedModel
 from blendrt.models.runner import ModelRunner
-from blendrt.sampling import SamplingParams, SamplingRow, sample
+from blendrt.sampling import SamplingParams, SamplingRow, sample, token_logprobs
 
 CPU_DEFAULT_POOL_BYTES = 256 << 20
+logger = logging.getLogger("blendrt.engine")
 
 
 @dataclass
@@ -78,7 +80,8 @@ class LLMEngine:
             max_num_batched_tokens=config.max_num_batched_tokens,
             max_num_seqs=config.max_num_seqs,
         )
-        self.requests: dict[int, Request] = {}  # {request_id: unfinished request}
+        self.requests: dict[int, Request] = {}  # {request_id: unfinished candidate}
+        self.groups: dict[int, list[Request]] = {}  # {request (group) id: its candidates}
         self._texts: dict[int, OutputText] = {}  # {request_id: output text state}
 
     def _manager(self, num_pages: int) -> KVCacheManager:
@@ -108,7 +111,9 @@ class LLMEngine:
     def add_request(
         self, member: str, prompt_token_ids: list[int], sampling: SamplingParams
     ) -> Request:
-        """Validates and queues a request; raises ValueError if it could never run."""
+        """Validates and queues a request (with its candidates when n or best_of > 1);
+        raises ValueError if it could never run. Returns its first candidate, whose id is
+        the request's."""
         if member not in self.models:
             raise ValueError(f"unknown member {member!r}; members: {', '.join(self.models)}")
         model = self.models[member]
@@ -122,6 +127,13 @@ class LLMEngine:
         if sampling.max_tokens is None:  # until the window is full
             total = window
         ids = [int(t) for t in model.check_token_ids(prompt_token_ids)]
+        vocab = model.config.vocab_size
+        named = [*sampling.stop_token_ids, *(t for t, _ in sampling.logit_bias)]
+        if any(t >= vocab for t in named):
+            raise ValueError(
+                f"stop_token_ids and logit_bias must name token ids below member {member!r}'s "
+                f"vocabulary size {vocab}"
+            )
         manager = self.managers[member]
         pages = -(-total // manager.tokens_per_page(member))
         if pages > manager.num_pages:
@@ -129,20 +141,25 @@ class LLMEngine:
                 f"prompt + max_tokens needs {pages} pages; the pool of member "
                 f"{member!r} has {manager.num_pages}"
             )
-        request = Request(next(self._ids), member, ids, sampling)
-        stops = sampling.all_stop_strings
-        self._texts[request.request_id] = OutputText(model.tokenizer, stops)
-        self.requests[request.request_id] = request
-        self.scheduler.add(request)
+        first = Request(next(self._ids), member, ids, sampling)
+        group = [first] + [
+            Request(next(self._ids), member, ids, sampling, index=i, group_id=first.request_id)
+            for i in range(1, sampling.num_candidates)
+        ]
+        first.pending_forks = group[1:]
+        self.groups[first.request_id] = group
+        for request in group:
+            self._texts[request.request_id] = OutputText(model.tokenizer, sampling.all_stop_strings)
+            self.requests[request.request_id] = request
+        self.scheduler.add(first)
         self.counters.prompt_tokens_received += len(ids)
-        return request
+        return first
 
-    def abort_request(self, request_id: int) -> RequestOutput | None:
-        """Stops a request at once and frees its pages; None if it already finished."""
-        request = self.requests.get(request_id)
-        if request is None:
-            return None
-        return self._finish(request, "abort")
+    def abort_request(self, request_id: int, error: str | None = None) -> list[RequestOutput]:
+        """Stops a request (every candidate) at once and frees its pages; the final outputs,
+        [] if it had already finished. `error` marks them as failed with that message."""
+        group = self.groups.get(request_id, ())
+        return [self._finish(r, "abort", error=error) for r in group if not r.is_finished]
 
     def prompt_logprobs(self, member: str, token_ids: list[int]) -> torch.Tensor:
         """Float32 log-softmax [N, V] at every position, computed in the shared pool between
@@ -175,78 +192,157 @@ class LLMEngine:
     # ---- one step ------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
+        """schedule -> one forward per member -> sample, detokenize, stop.
+
+        NOTE (fault isolation): a member's forward or its sampling that raises fails only
+        the requests of that member's batch (with the error in their outputs); the other
+        members' batches, and everything that finished in the step, are delivered."""
         start = time.perf_counter()
         plan = self.scheduler.schedule()
-        logits = [self.runners[b.member].forward(b.batch) for b in plan.batches]
-        outputs = self._postprocess(plan, logits)
+        self._note_peaks()
+        results: list[torch.Tensor | Exception] = []
+        for b in plan.batches:  # launch every forward before the first sampling sync
+            try:
+                results.append(self.runners[b.member].forward(b.batch))
+            except Exception as e:
+                logger.exception("forward of member %r failed", b.member)
+                results.append(e)
+        outputs = []
+        for batch, result in zip(plan.batches, results, strict=True):
+            if isinstance(result, Exception):
+                outputs += self._fail(batch.requests, f"member {batch.member!r} failed", result)
+            else:
+                outputs += self._postprocess_batch(batch, result)
         self.counters.steps += 1
         self.counters.busy_seconds += time.perf_counter() - start
         return outputs
 
-    def _postprocess(
-        self, plan: SchedulerOutput, all_logits: list[torch.Tensor]
-    ) -> list[RequestOutput]:
+    def _note_peaks(self) -> None:
         # Pages in use peak now: scheduled requests hold theirs, none is finished yet.
         in_use = sum(m.num_pages_in_use for m in set(self.managers.values()))
         self.counters.peak_pages_in_use = max(self.counters.peak_pages_in_use, in_use)
         running = len(self.scheduler.running)
         self.counters.peak_running = max(self.counters.peak_running, running)
-        outputs = []
-        for batch, logits in zip(plan.batches, all_logits, strict=True):
-            outputs.extend(self._postprocess_batch(batch, logits))
-        return outputs
+
+    def _fail(self, requests: list[Request], what: str, e: Exception) -> list[RequestOutput]:
+        message = f"{what}: {type(e).__name__}: {e}"
+        groups = dict.fromkeys(r.group_id for r in requests)
+        return [out for gid in groups for out in self.abort_request(gid, error=message)]
 
     def _postprocess_batch(
         self, batch: ScheduledBatch, logits: torch.Tensor
     ) -> list[RequestOutput]:
         manager = self.managers[batch.member]
         manager.commit_batch([r.request_id for r in batch.requests], batch.num_new_tokens)
-        rows = []
+        targets: list[tuple[Request, int]] = []  # (candidate, its row of logits)
         for i, (request, n) in enumerate(zip(batch.requests, batch.num_new_tokens, strict=True)):
             before = request.num_computed_tokens
             request.num_computed_tokens += n
             prompt_end = min(request.num_computed_tokens, request.num_prompt_tokens)
             self.counters.prompt_tokens_computed += max(0, prompt_end - before)
             if request.num_computed_tokens == request.num_tokens:  # logits for a new token
-                rows.append(i)
-        if not rows:
+                targets.append((request, i))
+                # The prompt is computed: the other candidates share it from here on, and
+                # draw their first tokens from the same logits.
+                children, copies = self.scheduler.fork(request)
+                for src, dst in copies:  # copy on write of the shared partial page
+                    self.pools[batch.member].copy_page(src, dst)
+                targets += [(child, i) for child in children]
+        if not targets:
             return []
-        sampled = sample(
-            logits[rows],
-            [
-                SamplingRow(r.sampling, r.prompt_token_ids, r.output_token_ids, r.generator)
-                for r in (batch.requests[i] for i in rows)
-            ],
-        ).tolist()
-        requests = [batch.requests[i] for i in rows]
-        manager.append_token_batch([r.request_id for r in requests], sampled)
-        return [self._append(r, token) for r, token in zip(requests, sampled, strict=True)]
+        try:
+            picks = self._sample(logits, targets)
+        except Exception:
+            logger.exception("sampling a batch of member %r failed; sampling row by row")
+            picks = []
+            for target in targets:
+                try:
+                    picks += self._sample(logits, [target])
+                except Exception as e:
+                    picks.append((target[0], e))
+        outputs = []
+        failed = [(r, e) for r, e in picks if isinstance(e, Exception)]
+        for request, e in failed:
+            outputs += self._fail([request], "sampling failed", e)
+        sampled = [(r, pick) for r, pick in picks if not isinstance(pick, Exception)]
+        live = [(r, pick) for r, pick in sampled if not r.is_finished]
+        manager.append_token_batch(
+            [r.request_id for r, _ in live], [pick.token_id for _, pick in live]
+        )
+        outputs += [self._append(r, pick) for r, pick in live]
+        return outputs
 
-    def _append(self, request: Request, token: int) -> RequestOutput:
+    def _sample(
+        self, logits: torch.Tensor, targets: list[tuple[Request, int]]
+    ) -> list[tuple[Request, TokenLogprob]]:
+        rows = [i for _, i in targets]
+        rows_logits = logits[rows]
+        requests = [r for r, _ in targets]
+        token_ids = sample(rows_logits, [self._sampling_row(r) for r in requests])
+        num_top = max((r.sampling.logprobs or 0) for r in requests)
+        if not any(r.sampling.logprobs is not None or r.sampling.best_of for r in requests):
+            return [
+                (r, TokenLogprob(t, 0.0)) for r, t in zip(requests, token_ids.tolist(), strict=True)
+            ]
+        chosen, top_ids, top_lps = token_logprobs(rows_logits, token_ids, num_top)
+        picks = []
+        for j, r in enumerate(requests):
+            k = r.sampling.logprobs or 0
+            top = tuple(zip(top_ids[j, :k].tolist(), top_lps[j, :k].tolist(), strict=True))
+            picks.append((r, TokenLogprob(int(token_ids[j]), float(chosen[j]), top)))
+        return picks
+
+    def _sampling_row(self, request: Request) -> SamplingRow:
+        params = request.sampling
+        banned: set[int] = set()
+        if params.ignore_eos:  # EOS can neither end the reply nor appear in it
+            banned |= set(self.models[request.member].config.eos_token_ids)
+        if request.num_output_tokens < params.min_tokens:
+            banned |= self._stop_ids(request)
+        return SamplingRow(
+            params,
+            request.prompt_token_ids,
+            request.output_token_ids,
+            request.generator,
+            tuple(sorted(banned)),
+        )
+
+    def _stop_ids(self, request: Request) -> set[int]:
+        params = request.sampling
+        eos = () if params.ignore_eos else self.models[request.member].config.eos_token_ids
+        return set(params.stop_token_ids) | set(eos)
+
+    def _append(self, request: Request, pick: TokenLogprob) -> RequestOutput:
+        token = pick.token_id
         request.output_token_ids.append(token)
+        request.cumulative_logprob += pick.logprob
         if request.first_token_time is None:
             request.first_token_time = time.perf_counter()
         self.counters.generated_tokens += 1
         text = self._texts[request.request_id]
-        text.add(token)
         params = request.sampling
-        eos = self.models[request.member].config.eos_token_ids
-        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos))
+        text.add(token, check_stops=request.num_output_tokens >= params.min_tokens)
+        logprobs = (pick,) if params.logprobs is not None else ()
+        stop_ids = self._stop_ids(request)
         if token in stop_ids or text.stopped:
-            return self._finish(request, "stop", new_token=token, stop_token=token in stop_ids)
+            return self._finish(
+                request, "stop", new=pick, stop_token=token in stop_ids, logprobs=logprobs
+            )
         if (
             params.max_tokens is not None and request.num_output_tokens >= params.max_tokens
         ) or request.num_tokens >= self.max_model_len(request.member):
-            return self._finish(request, "length", new_token=token)
-        return self._output(request, (token,), text.take_delta(final=False), None)
+            return self._finish(request, "length", new=pick, logprobs=logprobs)
+        return self._output(request, (token,), text.take_delta(final=False), None, logprobs)
 
     def _finish(
         self,
         request: Request,
         reason: str,
         *,
-        new_token: int | None = None,
+        new: TokenLogprob | None = None,
         stop_token: bool = False,
+        logprobs: tuple[TokenLogprob, ...] = (),
+        error: str | None = None,
     ) -> RequestOutput:
         request.finish_reason = reason
         self.scheduler.finish(request)
@@ -257,13 +353,19 @@ class LLMEngine:
         if stop_token:
             num_reply = min(num_reply, request.num_output_tokens - 1)
         self.counters.finished[reason] = self.counters.finished.get(reason, 0) + 1
-        new = () if new_token is None else (new_token,)
+        group = self.groups[request.group_id]
+        done = all(r.is_finished for r in group)
+        if done:
+            del self.groups[request.group_id]
         return self._output(
             request,
-            new,
+            () if new is None else (new.token_id,),
             text.take_delta(final=True),
             reason,
-            tuple(request.output_token_ids[:num_reply]),
+            logprobs,
+            reply_ids=tuple(request.output_token_ids[:num_reply]),
+            done=done,
+            error=error,
         )
 
     @staticmethod
@@ -272,10 +374,14 @@ class LLMEngine:
         new: tuple[int, ...],
         delta: str,
         reason: str | None,
+        logprobs: tuple[TokenLogprob, ...] = (),
+        *,
         reply_ids: tuple[int, ...] | None = None,
+        done: bool = False,
+        error: str | None = None,
     ) -> RequestOutput:
         return RequestOutput(
-            request_id=request.request_id,
+            request_id=request.group_id,
             new_token_ids=new,
             delta_text=delta,
             finish_reason=reason,
@@ -283,4 +389,9 @@ class LLMEngine:
             num_cached_tokens=request.num_cached_tokens,
             num_output_tokens=request.num_output_tokens,
             reply_token_ids=reply_ids,
+            error=error,
+            index=request.index,
+            done=done,
+            logprobs=logprobs,
+            cumulative_logprob=request.cumulative_logprob,
         )

@@ -8,7 +8,6 @@ thread only.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
@@ -84,8 +83,7 @@ class EngineLoop:
         """Queues the cancellation; the future completes once the pages are freed."""
 
         def abort(engine: LLMEngine) -> None:
-            output = engine.abort_request(request_id)
-            if output is not None:
+            for output in engine.abort_request(request_id):
                 self._deliver(output)
 
         return self.call_soon(abort)
@@ -139,7 +137,10 @@ class EngineLoop:
     def _step(self) -> None:
         try:
             outputs = self.engine.step()
-        except Exception as e:  # a failed step fails its requests, not the service
+        except Exception as e:
+            # NOTE: the engine isolates failures of a member's forward or sampling itself;
+            # what reaches here (scheduling broke) cannot be attributed to a request, so
+            # every running request fails, and the loop keeps serving new ones.
             logger.exception("engine step failed")
             self._fail_requests(f"engine step failed: {type(e).__name__}: {e}")
             return
@@ -150,7 +151,7 @@ class EngineLoop:
         """Hands an output to its sink. NOTE: a sink that raises (say, its event loop is
         closed: nobody is listening) loses its request, which is aborted; the loop goes on."""
         sink = self._sinks.get(output.request_id)
-        if output.finished:
+        if output.done:
             self._sinks.pop(output.request_id, None)
         if sink is None:
             return
@@ -162,7 +163,6 @@ class EngineLoop:
             self.engine.abort_request(output.request_id)
 
     def _fail_requests(self, message: str) -> None:
-        for request_id in list(self.engine.requests):
-            output = self.engine.abort_request(request_id)
-            if output is not None:
-                self._deliver(dataclasses.replace(output, error=message))
+        for group_id in list(self.engine.groups):
+            for output in self.engine.abort_request(group_id, error=message):
+                self._deliver(output)

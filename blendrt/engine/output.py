@@ -21,12 +21,14 @@ class OutputText:
         self._token_ends: list[int] = []  # {token index: len(text) after that token}
         self.stopped = False
 
-    def add(self, token_id: int) -> None:
-        """Appends one generated token; sets `stopped` if a stop string completed."""
+    def add(self, token_id: int, *, check_stops: bool = True) -> None:
+        """Appends one generated token; sets `stopped` if a stop string completed (looked
+        for only with check_stops: not before min_tokens)."""
         start = max(0, len(self.text) - self._max_stop + 1)
         self.text += self._detok.add(token_id)
         self._token_ends.append(len(self.text))
-        self._find_stop(start)
+        if check_stops:
+            self._find_stop(start)
 
     def finish(self) -> None:
         """The request ended for another reason: flush what the detokenizer holds back."""

@@ -69,6 +69,27 @@ class Scheduler:
         if manager.has_sequence(request.request_id):
             manager.free(request.request_id)
 
+    def fork(self, request: Request) -> tuple[list[Request], list[tuple[int, int]]]:
+        """Forks the request's pending candidates now that its prompt is computed: each
+        shares its pages and starts running. Returns the forked candidates and the page
+        copies (src, dst) the caller must make on the device first. A candidate for whose
+        copy no page is free waits instead, to be prefilled from the prefix cache."""
+        forked, copies = [], []
+        manager = self.managers[request.member]
+        for child in request.pending_forks:
+            copy = manager.fork(request.request_id, child.request_id)
+            if copy is None:
+                self.waiting.append(child)
+                continue
+            if copy[0] >= 0:
+                copies.append(copy)
+            child.num_computed_tokens = request.num_computed_tokens
+            child.num_cached_tokens = request.num_cached_tokens
+            self.running.append(child)
+            forked.append(child)
+        request.pending_forks = []
+        return forked, copies
+
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
         self.managers[request.member].free(request.request_id)

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 if TYPE_CHECKING:
     from blendrt.blend import Blend
     from blendrt.blend_stream import BlendStream
+    from blendrt.engine.request import RequestOutput
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -65,6 +66,11 @@ class ServerMetrics:
             registry=r,
         )
         self.preemptions = Gauge("blendrt_preemptions", "requests preempted so far", registry=r)
+        self.stream_errors = Counter(
+            "blendrt_stream_errors",
+            "streams that failed after their 200 (an error event was sent)",
+            registry=r,
+        )
         self.running = Gauge(
             "blendrt_requests_running", "requests in the engine", ["state"], registry=r
         )
@@ -72,19 +78,20 @@ class ServerMetrics:
     def count(self, endpoint: str, status: int) -> None:
         self.requests.labels(endpoint, str(status)).inc()
 
-    async def timed(self, stream: BlendStream) -> AsyncIterator[str]:
-        """Passes the stream's deltas through, observing latencies and, at the end, usage."""
+    async def timed_outputs(self, stream: BlendStream) -> AsyncIterator[tuple[str, RequestOutput]]:
+        """Passes the stream's outputs through, observing latencies and, at the end, usage."""
         start = last = time.perf_counter()
         first = True
-        async for delta in stream:
-            now = time.perf_counter()
-            if first:
-                self.ttft.labels(stream.member).observe(now - start)
-                first = False
-            else:
-                self.itl.labels(stream.member).observe(now - last)
-            last = now
-            yield delta
+        async for delta, out in stream.outputs():
+            if out.new_token_ids:
+                now = time.perf_counter()
+                if first:
+                    self.ttft.labels(stream.member).observe(now - start)
+                    first = False
+                else:
+                    self.itl.labels(stream.member).observe(now - last)
+                last = now
+            yield delta, out
         if stream.reply is not None:
             u = stream.reply.usage
             self.prompt_tokens.labels(stream.member).inc(u.prompt_tokens)

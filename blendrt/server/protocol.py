@@ -1,14 +1,22 @@
-"""OpenAI-compatible request bodies, validated with pydantic, and the errors they produce.
+"""OpenAI-compatible request bodies, validated strictly with pydantic, and the errors they
+produce. The models are the server's OpenAPI schema (see /openapi.json).
 
-Unknown fields are ignored (clients send many); known fields are type-checked strictly
-enough that bad input gets a 400 naming the field, never a 500.
+Fields are honoured or refused, never ignored: an unknown field, or one blendrt does not
+implement (tools, response formats other than text, ...), is a 400 naming it. Numeric fields
+have the ranges of `blendrt.sampling.RANGES`; a sampling field left out (or null) takes the
+chosen member's generation_config.json default, then blendrt's.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from blendrt.sampling import MAX_LOGIT_BIAS, MAX_STOP_TOKEN_IDS, MAX_STOPS, RANGES
+
+MAX_MESSAGES = 4096  # per request
+MAX_PROMPTS = 64  # prompts in one /v1/completions request
 
 
 class APIError(Exception):
@@ -22,15 +30,11 @@ class APIError(Exception):
         param: str | None = None,
         kind: str = "invalid_request_error",
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.message, self.param, self.kind, self.code = (
-            status,
-            message,
-            param,
-            kind,
-            code,
-        )
+        self.status, self.message, self.param = status, message, param
+        self.kind, self.code, self.headers = kind, code, headers
 
     def body(self) -> dict[str, Any]:
         return {
@@ -43,22 +47,47 @@ class APIError(Exception):
         }
 
 
+def from_validation_errors(errors: list[dict[str, Any]]) -> APIError:
+    """The first pydantic/FastAPI validation error as a 400 naming its field."""
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    param = ".".join(loc) or None
+    message = first.get("msg", "invalid request")
+    if first.get("type") == "extra_forbidden":
+        message = "unknown or unsupported field (blendrt refuses fields it does not implement)"
+    elif first.get("type") == "json_invalid":
+        message = f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
+        param = None
+    return APIError(400, f"{param}: {message}" if param else message, param=param)
+
+
 def from_validation_error(e: ValidationError) -> APIError:
-    first = e.errors()[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
-    return APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
+    return from_validation_errors(e.errors())
 
 
-class TextPart(BaseModel):
+class _Strict(BaseModel):
+    # NOTE: strict: a bool is not an int, "1" is not a number; forbid: unknown fields are
+    # refused by name rather than silently dropped.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def _range(name: str, *, exclusive_low: bool = False) -> Any:
+    low, high = RANGES[name]
+    bound = {"gt": 0} if exclusive_low else {"ge": low}
+    if isinstance(low, float):
+        bound["allow_inf_nan"] = False
+    return Field(default=None, le=high, **bound)
+
+
+class TextPart(_Strict):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant"]
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]  # developer: OpenAI's system
     content: str | list[TextPart]
-    member: str | None = None  # blendrt extension: the member that wrote an assistant turn
+    member: str | None = None  # blendrt: the member that wrote an assistant turn
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -66,96 +95,182 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class StreamOptions(BaseModel):
-    include_usage: StrictBool = False
+class StreamOptions(_Strict):
+    include_usage: bool = False
 
 
-#: Request fields that are SamplingParams fields of the same name (stop and max_tokens are
-#: converted separately).
-_SAMPLING_FIELDS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "seed",
-    "ignore_eos",
-)
+class ResponseFormat(_Strict):
+    type: Literal["text"] = Field(description="only text: blendrt has no JSON or schema mode")
 
 
-class _Sampling(BaseModel):
+class _Request(_Strict):
     """Fields shared by /v1/chat/completions and /v1/completions."""
 
-    model_config = ConfigDict(extra="ignore")
-    model: str
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    n: int = Field(default=1, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: StrictBool = False
+    model: str = Field(description="the blend's id (the policy picks the member) or a member")
+    max_tokens: int | None = _range("max_tokens")
+    temperature: float | None = _range("temperature")
+    top_p: float | None = _range("top_p", exclusive_low=True)
+    n: int = Field(default=1, ge=1, le=RANGES["n"][1])
+    best_of: int | None = _range("best_of")
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOPS)] | None = None
+    seed: int | None = _range("seed")
+    stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
-    # blendrt's extra sampling fields, as vLLM accepts them
-    top_k: int = Field(default=0, ge=0)
-    min_p: float = Field(default=0.0, ge=0, le=1)
-    repetition_penalty: float = Field(default=1.0, gt=0)
-    ignore_eos: StrictBool = False
-
-    @field_validator("n")
-    @classmethod
-    def _only_one(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n = 1 is supported: each turn has one reply")
-        return n
+    presence_penalty: float | None = _range("presence_penalty")
+    frequency_penalty: float | None = _range("frequency_penalty")
+    logit_bias: Annotated[dict[str, float], Field(max_length=MAX_LOGIT_BIAS)] | None = None
+    user: str | None = Field(
+        default=None, max_length=256, description="the end user; recorded, changes no reply"
+    )
+    # vLLM's extra sampling fields
+    top_k: int | None = Field(default=None, ge=-1, le=RANGES["top_k"][1], description="-1, 0: off")
+    min_p: float | None = _range("min_p")
+    repetition_penalty: float | None = _range("repetition_penalty")
+    min_tokens: int | None = _range("min_tokens")
+    ignore_eos: bool | None = None
+    stop_token_ids: Annotated[list[int], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
 
     @field_validator("stop")
     @classmethod
     def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
         stops = [stop] if isinstance(stop, str) else stop or []
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop takes up to 4 non-empty strings")
+        if any(not s for s in stops):
+            raise ValueError("stop strings must not be empty")
         return stop
 
-    def sampling_fields(self) -> dict[str, Any]:
-        """{SamplingParams field: value} for the fields the request sets; the member's
-        generation_config.json defaults (then SamplingParams') fill the rest."""
-        given = {
-            name: getattr(self, name) for name in _SAMPLING_FIELDS if name in self.model_fields_set
-        }
-        if self.requested_max_tokens() is not None:
-            given["max_tokens"] = self.requested_max_tokens()
-        if self.stop is not None:
-            given["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        return given
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        low, high = RANGES["logit_bias"]
+        for key, value in (bias or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"logit_bias keys are token ids (decimal), got {key!r}")
+            if not low <= value <= high:
+                raise ValueError(f"logit_bias values must lie in [{low}, {high}], got {value}")
+        return bias
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
+    def num_top_logprobs(self) -> int | None:
+        return None
 
-class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    def sampling_fields(self) -> dict[str, Any]:
+        """{SamplingParams field: value} for the fields the request sets; the member's
+        generation_config.json defaults (then SamplingParams') fill the rest."""
+        names = (
+            "temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+            "frequency_penalty", "seed", "ignore_eos", "min_tokens", "n", "best_of",
+        )  # fmt: skip
+        given = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        if self.top_k is not None:
+            given["top_k"] = max(self.top_k, 0)  # vLLM's -1 is off, as 0
+        if self.requested_max_tokens() is not None:
+            given["max_tokens"] = self.requested_max_tokens()
+        if self.stop is not None:
+            given["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if self.stop_token_ids is not None:
+            given["stop_token_ids"] = tuple(self.stop_token_ids)
+        if self.logit_bias:
+            given["logit_bias"] = {int(k): v for k, v in self.logit_bias.items()}
+        if self.num_top_logprobs() is not None:
+            given["logprobs"] = self.num_top_logprobs()
+        return given
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = _range("max_tokens")
+    logprobs: bool = False
+    top_logprobs: int | None = _range("logprobs")
     # As in OpenAI's Responses API: "auto" drops the oldest messages to fit the member's
     # window; "disabled" answers 400 context_length_exceeded instead.
     truncation: Literal["auto", "disabled"] = "auto"
+    tools: list[dict[str, Any]] | None = Field(default=None, description="refused if non-empty")
+    tool_choice: Literal["none"] | None = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if tools:
+            raise ValueError("tools are not supported: blendrt members do not call tools")
+        return tools
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def num_top_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def blend_messages(self) -> list[dict[str, Any]]:
-        out = []
-        for m in self.messages:
-            message: dict[str, Any] = {"role": m.role, "content": m.text()}
-            if m.role == "assistant" and m.member:
-                message["member"] = m.member
-            out.append(message)
-        return out
+        return blend_messages(self.messages)
 
 
-class CompletionRequest(_Sampling):
-    prompt: str = Field(min_length=1)
+def blend_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Request messages as Blend takes them (developer is OpenAI's newer name for system)."""
+    out = []
+    for m in messages:
+        role = "system" if m.role == "developer" else m.role
+        message: dict[str, Any] = {"role": role, "content": m.text()}
+        if m.role == "assistant" and m.member:
+            message["member"] = m.member
+        out.append(message)
+    return out
+
+
+Prompt = (
+    Annotated[str, Field(min_length=1)]
+    | Annotated[
+        list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_PROMPTS)
+    ]
+    | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    | Annotated[
+        list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]],
+        Field(min_length=1, max_length=MAX_PROMPTS),
+    ]
+)
+
+
+class CompletionRequest(_Request):
+    prompt: Prompt = Field(description="text, texts, token ids, or lists of token ids")
+    echo: bool = False
+    logprobs: int | None = _range("logprobs")
+    suffix: None = Field(default=None, description="not supported (refused if given)")
+
+    def num_top_logprobs(self) -> int | None:
+        return self.logprobs
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]
+        return list(p)
+
+
+class TokenizeCompletionRequest(_Strict):
+    model: str
+    prompt: str
+    add_special_tokens: bool = True
+
+
+class TokenizeChatRequest(_Strict):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    add_generation_prompt: bool = True
+    add_special_tokens: Literal[False] = Field(
+        default=False, description="the member's chat format places its special tokens"
+    )
+
+
+class DetokenizeRequest(_Strict):
+    model: str
+    tokens: list[Annotated[int, Field(ge=0)]]

@@ -147,7 +147,7 @@ MALFORMED = [
         400,
         "max_tokens",
     ),
-    ("n = 2", {"model": "blend", "messages": HELLO, "n": 2}, 400, "n"),
+    ("n beyond 16", {"model": "blend", "messages": HELLO, "n": 17}, 400, "n"),
     ("empty messages", {"model": "blend", "messages": []}, 400, "messages"),
     (
         "oversized body",
@@ -206,7 +206,10 @@ def test_completions_models_health_and_metrics(served) -> None:
         c.completions.create(model="blend", prompt="Once upon a time", max_tokens=4)
     assert {m.id for m in c.models.list()} == {"blend", "ann", "vic"}
     assert httpx.get(served.base_url + "/health", timeout=30).json() == {"status": "ok"}
-    text = httpx.get(served.base_url + "/metrics", timeout=30).text
+    # /metrics is behind the API key too (request counts and members are not public).
+    assert httpx.get(served.base_url + "/metrics", timeout=30).status_code == 401
+    auth = {"authorization": f"Bearer {API_KEY}"}
+    text = httpx.get(served.base_url + "/metrics", headers=auth, timeout=30).text
     for name in (
         "blendrt_requests_total",
         "blendrt_prompt_tokens_total",

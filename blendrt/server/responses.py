@@ -1,0 +1,99 @@
+"""Building OpenAI response bodies from blendrt replies: usage, choices, chunks, and
+log-probabilities in the chat and the completions layouts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from blendrt.engine.request import TokenLogprob
+from blendrt.server.schemas import (
+    ChatLogprobs,
+    CompletionLogprobs,
+    PromptTokensDetails,
+    TokenLogprobInfo,
+    TopLogprob,
+    UsageInfo,
+)
+from blendrt.tokenizer.tokenizer import Tokenizer
+from blendrt.turn import Reply
+
+
+def usage(replies: Sequence[Reply]) -> UsageInfo:
+    prompt = sum(r.usage.prompt_tokens for r in replies)
+    completion = sum(r.usage.completion_tokens for r in replies)
+    return UsageInfo(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(
+            cached_tokens=sum(r.usage.cached_prompt_tokens for r in replies)
+        ),
+        truncated_messages=sum(r.usage.truncated_messages for r in replies),
+        truncated_tokens=sum(r.usage.truncated_tokens for r in replies),
+    )
+
+
+def finish_reason(reason: str | None) -> str:
+    return reason if reason in ("stop", "length", "abort") else "stop"
+
+
+class TokenText:
+    """Token ids as the strings and bytes OpenAI's logprobs show (each token decoded
+    alone), memoized per tokenizer."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._texts: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = self.tokenizer.decode([token_id])
+        return text
+
+
+def chat_logprobs(text: TokenText, logprobs: Sequence[TokenLogprob]) -> ChatLogprobs:
+    def top(token_id: int, logprob: float) -> TopLogprob:
+        s = text(token_id)
+        return TopLogprob(token=s, logprob=logprob, bytes=list(s.encode()))
+
+    return ChatLogprobs(
+        content=[
+            TokenLogprobInfo(
+                **top(lp.token_id, lp.logprob).model_dump(),
+                top_logprobs=[top(t, v) for t, v in lp.top],
+            )
+            for lp in logprobs
+        ]
+    )
+
+
+def completion_logprobs(
+    text: TokenText,
+    logprobs: Sequence[TokenLogprob | None],
+    token_ids: Sequence[int],
+    offset: int = 0,
+) -> CompletionLogprobs:
+    """`logprobs[i]` of `token_ids[i]` (None: no logprob, an echoed prompt's first token);
+    text offsets count from `offset`."""
+    tokens, values, tops, offsets = [], [], [], []
+    for token_id, lp in zip(token_ids, logprobs, strict=True):
+        s = text(token_id)
+        tokens.append(s)
+        offsets.append(offset)
+        offset += len(s)
+        values.append(None if lp is None else lp.logprob)
+        tops.append(None if lp is None else {text(t): v for t, v in lp.top})
+    return CompletionLogprobs(
+        tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=offsets
+    )
+
+
+def sse(body: BaseModel | dict[str, Any]) -> str:
+    """One server-sent event holding a response model (or an error object) as JSON."""
+    data = body.model_dump_json() if isinstance(body, BaseModel) else json.dumps(body)
+    return f"data: {data}\n\n"
