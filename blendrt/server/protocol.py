@@ -50,7 +50,8 @@ class APIError(Exception):
 def from_validation_errors(errors: list[dict[str, Any]]) -> APIError:
     """The first pydantic/FastAPI validation error as a 400 naming its field."""
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    # Drop FastAPI's "body" and pydantic's union-member tags ("str", "list[TextPart]", ...).
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _is_type_tag(p)]
     param = ".".join(loc) or None
     message = first.get("msg", "invalid request")
     if first.get("type") == "extra_forbidden":
@@ -59,6 +60,12 @@ def from_validation_errors(errors: list[dict[str, Any]]) -> APIError:
         message = f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
         param = None
     return APIError(400, f"{param}: {message}" if param else message, param=param)
+
+
+def _is_type_tag(part: object) -> bool:
+    return isinstance(part, str) and (
+        part in ("str", "int", "float", "bool", "none") or "[" in part or "-" in part
+    )
 
 
 def from_validation_error(e: ValidationError) -> APIError:

@@ -220,3 +220,35 @@ def test_sequence_may_skip_the_prefix_cache() -> None:
     assert m.allocate(2, 10)
     assert set(m.block_table(2).tolist()).isdisjoint(first)
     assert m.stats().members["a"].hit_tokens == 0
+
+
+def test_fork_shares_full_pages_and_copies_a_partial_one() -> None:
+    m = KVCacheManager(8, hash_seed=7)
+    m.register_member("a", 4)
+    assert run(m, 1, "a", list(range(10))) == [0, 1, 2]  # 2 full pages + 2 tokens in page 2
+    assert m.fork(1, 2) == (2, 3)  # page 2 is copied on write into the next free page
+    assert m.block_table(2).tolist() == [0, 1, 3]
+    assert m.num_computed_tokens(2) == 10
+    assert [m.page_info(p)[0] for p in range(4)] == [2, 2, 1, 1]  # refcounts
+    m.append_tokens(2, [50])
+    assert m.allocate(2, 1)  # the next token goes into its own copy: no new page
+    assert m.block_table(2).tolist() == [0, 1, 3]
+    m.check_invariants()
+    # Whole pages only: nothing to copy.
+    assert run(m, 3, "a", [*range(8), 7, 7, 7, 7]) == [0, 1, 4]
+    assert m.fork(3, 4) == (-1, -1)
+    assert m.block_table(4).tolist() == [0, 1, 4]
+    # No page left for a copy: the fork is refused and nothing changes.
+    m.fork(1, 5)
+    m.fork(1, 6)
+    m.fork(1, 7)
+    assert m.stats().pages_free == 0
+    before = m.stats()
+    assert m.fork(1, 8) is None and m.stats() == before
+    for seq_id in (1, 2, 3, 4, 5, 6, 7):
+        m.free(seq_id)
+    m.check_invariants()
+    assert m.stats().pages_in_use == 0
+    with pytest.raises(ValueError, match="already exists"):
+        run(m, 9, "a", [1, 2, 3])
+        m.fork(9, 9)

@@ -81,6 +81,29 @@ class CacheMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.live)
     @rule(data=st.data())
+    def fork(self, data: st.DataObject) -> None:
+        seq_id = data.draw(st.sampled_from(sorted(self.live)))
+        if self.m.block_table(seq_id).size == 0:
+            return  # nothing allocated yet: nothing to share
+        member, tokens = self.live[seq_id]
+        before = self.m.stats()
+        copy = self.m.fork(seq_id, self.next_id)
+        if copy is None:  # no page for the copy on write
+            assert self.m.stats() == before
+            return
+        src, dst = copy
+        if src >= 0:  # the partial page's KV, copied on the device
+            self.shadow[dst] = self.shadow[src]
+        parent, child = self.m.block_table(seq_id).tolist(), self.m.block_table(self.next_id)
+        computed = self.m.num_computed_tokens(seq_id)
+        assert self.m.num_computed_tokens(self.next_id) == computed
+        full = computed // MEMBERS[member]
+        assert child.tolist()[:full] == parent[:full]  # full pages shared
+        self.live[self.next_id] = (member, list(tokens))
+        self.next_id += 1
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
     def free(self, data: st.DataObject) -> None:
         seq_id = data.draw(st.sampled_from(sorted(self.live)))
         self.m.free(seq_id)

@@ -245,4 +245,5 @@ def test_a_full_queue_answers_429(served) -> None:
         second = h.post("/v1/chat/completions", json={**body, "stream": False})
         assert (first.status_code, second.status_code) == (200, 429)
         assert second.json()["error"]["type"] == "rate_limit_error"
+        assert second.headers["retry-after"] == "1"
     wait_idle(served.blend)
