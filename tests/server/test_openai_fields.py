@@ -75,16 +75,8 @@ def test_n_candidates_share_one_prefill(served) -> None:
     three = c.chat.completions.create(model="vic", messages=HELLO, max_tokens=6, seed=1, n=3)
     assert [ch.index for ch in three.choices] == [0, 1, 2]
     assert three.usage.prompt_tokens == one.usage.prompt_tokens  # one prompt, prefilled once
-    assert (
-        three.usage.completion_tokens
-        == sum(
-            len(served.blend.tokenizer("vic").encode(ch.message.content, add_special_tokens=False))
-            > 0
-            or 1
-            for ch in three.choices
-        )
-        or three.usage.completion_tokens >= 3
-    )
+    assert 3 <= three.usage.completion_tokens <= 18  # every candidate's tokens
+    assert len({ch.message.content for ch in three.choices}) > 1  # sampled apart
     stream = c.chat.completions.create(
         model="vic", messages=HELLO, max_tokens=4, n=2, stream=True, temperature=0
     )
