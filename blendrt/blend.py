@@ -182,7 +182,12 @@ class Blend:
     # ---- introspection -------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        return self._loop.call(engine_stats)
+        stats = self._loop.call(engine_stats)
+        for name, fmt in self.formats.items():
+            # Turns whose history the member's template rewrote (rendered whole: the prefix
+            # cache missed from the rewrite on).
+            stats["members"][name]["whole_renders"] = getattr(fmt, "num_whole_renders", 0)
+        return stats
 
     def logprobs(self, member: str, token_ids: Sequence[int]) -> torch.Tensor:
         """Log-softmax [len(token_ids), vocab] of member at every position, computed by the

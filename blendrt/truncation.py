@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from blendrt.tokenizer.chat_format import ChatFormat, Message
+from blendrt.tokenizer.chat_format import ChatFormat, Message, NotAppendOnly
 
 TRUNCATION_MODES = ("auto", "disabled")
 _ESTIMATE_SLACK = 16  # tokens
@@ -91,9 +91,15 @@ def fit_history(
             "in all, prompt included",
             param="max_tokens",
         )
-    segments = fmt.segments(messages)
-    lengths = [len(s.ids) for s in segments]
-    ids = [t for s in segments for t in s.ids] + fmt.generation_prompt_ids(messages)
+    try:
+        segments = fmt.segments(messages)
+        lengths = [len(s.ids) for s in segments]
+        ids = [t for s in segments for t in s.ids] + fmt.generation_prompt_ids(messages)
+    except NotAppendOnly:  # rendered whole: message lengths are estimates, cuts are checked
+        ids = fmt.render(messages)
+        lengths = [
+            _ESTIMATE_SLACK + len(fmt.tokenizer.encode_continuation(m["content"])) for m in messages
+        ]
     if len(ids) + reserve <= window:
         return FittedPrompt(ids, 0, 0)
     if truncation == "disabled":

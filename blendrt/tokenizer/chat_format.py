@@ -71,6 +71,10 @@ class Segment:
         return self.opening + self.content + self.closing
 
 
+class NotAppendOnly(ValueError):
+    """A format whose rendering of a longer history rewrites what it rendered before."""
+
+
 def validate_messages(messages: Sequence[Message]) -> None:
     """Raise ValueError naming the first bad message and its problem."""
     if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
@@ -143,9 +147,13 @@ class ChatFormat(ABC):
         validate_messages(messages)
         ctx = self._context()
         ids = [t for i in range(len(messages)) for t in self._segment(messages, i, ctx).ids]
-        if add_generation_prompt:
-            ids += self._encode(self._opening(messages, ctx))
-        return ids
+        return ids + list(self._encode(self._tail(messages, ctx, add_generation_prompt)))
+
+    def _tail(
+        self, messages: Sequence[Message], ctx: Any, add_generation_prompt: bool
+    ) -> list[Part]:
+        """What follows the segments: the generation prompt, if asked for."""
+        return self._opening(messages, ctx) if add_generation_prompt else []
 
     def generation_prompt_ids(self, history: Sequence[Message]) -> list[int]:
         """What render(history) appends to render(history, add_generation_prompt=False)."""

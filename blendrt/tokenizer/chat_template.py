@@ -28,7 +28,7 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 
-from blendrt.tokenizer.chat_format import ChatFormat, Message, Part
+from blendrt.tokenizer.chat_format import ChatFormat, Lead, Message, NotAppendOnly, Part
 
 if TYPE_CHECKING:
     from blendrt.tokenizer.tokenizer import Tokenizer
@@ -109,7 +109,7 @@ def _delta(prev: str, cur: str, what: str) -> str:
     if cur.startswith(prev):
         return cur[len(prev) :]
     at = next((i for i, (a, b) in enumerate(zip(prev, cur, strict=False)) if a != b), len(cur))
-    raise ValueError(
+    raise NotAppendOnly(
         f"chat template is not append-only: {what} rewrites text rendered before it, at char {at}"
         f": {prev[at : at + 40]!r} became {cur[at : at + 40]!r}"
     )
@@ -154,7 +154,27 @@ class TemplateChatFormat(ChatFormat):
         self.template = template
         self._compiled = _environment().from_string(template)
         self._kwargs = dict(template_kwargs or {})
+        # Special token texts, longest first: after one, text tokenizes as after a split.
+        names = {tokenizer.id_to_token(t) for t in tokenizer.all_special_ids}
+        self._specials = sorted((n for n in names if n), key=len, reverse=True)
+        self.num_whole_renders = 0  # renders of histories the template does not extend
         self._infer_stops()
+
+    def render(
+        self, messages: Sequence[Message], *, add_generation_prompt: bool = True
+    ) -> list[int]:
+        """The ids of the template's text, as apply_chat_template(tokenize=True) gives them.
+
+        NOTE: a template that rewrites earlier text as the history grows (Mistral v0.3 moves
+        the system prompt into the last user turn) cannot be rendered message by message:
+        the whole text is tokenized instead, and the member's prefix cache misses from the
+        first rewritten character on (counted in num_whole_renders)."""
+        try:
+            return super().render(messages, add_generation_prompt=add_generation_prompt)
+        except NotAppendOnly:
+            self.num_whole_renders += 1
+            text = self.render_text(messages, add_generation_prompt)
+            return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _context(self) -> _Render:
         return _Render()
@@ -175,36 +195,76 @@ class TemplateChatFormat(ChatFormat):
             variables |= {"tools": None, "documents": None, **self._kwargs}
             variables |= {"messages": plain, "add_generation_prompt": gen}
             variables["strftime_now"] = ctx.now.strftime  # one clock per call: append-only
-            ctx.texts[key] = self._compiled.render(variables)
+            try:
+                ctx.texts[key] = self._compiled.render(variables)
+            except SecurityError:
+                raise
+            except TemplateError as e:  # raise_exception(...): the template refuses this
+                raise ValueError(f"the chat template refused the conversation: {e}") from None
+            except (TypeError, LookupError, AttributeError, ArithmeticError) as e:
+                raise ValueError(
+                    f"the chat template failed on this conversation: {type(e).__name__}: {e}"
+                ) from None
         return ctx.texts[key]
 
+    def _follow(self, prev: str, text: str) -> Part:
+        """`text` as it tokenizes after `prev` in a whole text: at the start, or after a
+        special token, as a Lead (the tokenizer splits there); else as a continuation."""
+        if not prev:
+            return Lead(text)
+        after = next((s for s in self._specials if prev.endswith(s)), "")
+        return Lead(text, after=after) if after else text
+
+    # NOTE (segment boundaries): a message's segment ends where its text's trailing
+    # whitespace begins; that whitespace opens the next segment (or the generation prompt).
+    # Tokenizers attach whitespace to the word after it ("? ASSISTANT" is "?", "▁ASSISTANT"),
+    # so this is where a whole text's tokens split too; a render that ends a history
+    # without a generation prompt ends with the leftover whitespace.
+
     def _opening_text(self, history: Sequence[Message], n: int, ctx: _Render) -> str:
+        """The generation prompt after history[:n], with the whitespace that ends it."""
         base = self._text(ctx, history, n, False)
-        return _delta(base, self._text(ctx, history, n, True), "the generation prompt")
+        gen = self._text(ctx, history, n, True)
+        _delta(base, gen, "the generation prompt")
+        return gen[len(base.rstrip()) :]
 
     def _opening(self, history: Sequence[Message], ctx: _Render) -> list[Part]:
-        return [self._opening_text(history, len(history), ctx)]
+        base = self._text(ctx, history, len(history), False).rstrip()
+        return [self._follow(base, self._opening_text(history, len(history), ctx))]
+
+    def _tail(self, messages: Sequence[Message], ctx: _Render, add_generation_prompt: bool):
+        if add_generation_prompt:
+            return self._opening(messages, ctx)
+        text = self._text(ctx, messages, len(messages), False)
+        end = len(text.rstrip())
+        return [self._follow(text[:end], text[end:])] if end < len(text) else []
 
     def _parts(self, messages: Sequence[Message], i: int, ctx: _Render):
+        # NOTE: no BOS of our own: apply_chat_template tokenizes without special tokens, so
+        # BOS is there exactly when the template writes it.
         prev = self._text(ctx, messages, i, False)
-        delta = _delta(prev, self._text(ctx, messages, i + 1, False), f"message {i}")
-        if i == 0:
-            tok = self.tokenizer
-            bos = tok.add_bos_token and not (tok.bos_token and delta.startswith(tok.bos_token))
-            return self._start(delta, bos=bos), None, []
+        cur = self._text(ctx, messages, i + 1, False)
+        _delta(prev, cur, f"message {i}")
+        start, end = len(prev.rstrip()), len(cur.rstrip())
+        before, segment = cur[:start], cur[start:end]
         m = messages[i]
-        if m["role"] == "assistant":
+        if m["role"] == "assistant" and i:
             opening = self._opening_text(messages, i, ctx)
-            if not delta.startswith(opening):
-                raise ValueError(
+            if not (segment + cur[end:]).startswith(opening):
+                raise NotAppendOnly(
                     f"chat template is not append-only: assistant message {i} does not begin "
-                    f"with the generation prompt {opening!r} (it begins {delta[:40]!r})"
+                    f"with the generation prompt {opening!r} (it begins {segment[:40]!r})"
                 )
-            rest = delta[len(opening) :]
-            cut = _content_end(rest, m["content"])
+            rest = segment[len(opening) :]
+            cut = _content_end(rest, m["content"]) if len(opening) <= len(segment) else None
             if cut is not None:
-                return [opening], rest[:cut], [rest[cut:]]
-        return [delta], None, []
+                content = rest[:cut]
+                return (
+                    [self._follow(before, opening)],
+                    self._follow(before + opening, content),
+                    [self._follow(before + opening + content, rest[cut:])],
+                )
+        return [self._follow(before, segment)], None, []
 
     def _infer_stops(self) -> None:
         """Stop at the text that closes a probe reply (e.g. <|im_end|>) and its special ids."""
@@ -215,7 +275,10 @@ class TemplateChatFormat(ChatFormat):
             raise
         except (TemplateError, ValueError, TypeError, LookupError):
             return  # the template refuses the probe; EOS stays the only stop
-        text = "".join(p for p in closing if isinstance(p, str)).strip()
+        text = "".join(
+            p.text if isinstance(p, Lead) else p for p in closing if not isinstance(p, tuple)
+        )
+        text = text.strip()
         if text:
             self.stop_strings = [text]
             special = self.tokenizer.all_special_ids

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from jinja2.exceptions import SecurityError
 
 from blendrt.tokenizer.builtin_formats import CHAT_FORMATS
-from blendrt.tokenizer.chat_format import ChatFormat, get_chat_format
+from blendrt.tokenizer.chat_format import ChatFormat, NotAppendOnly, get_chat_format
 
 BUILTINS = ["pygmalion", "vicuna", "llama-2-chat", "chatml"]
 
@@ -88,6 +88,9 @@ class FakeTokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self.specials.get(token)
 
+    def id_to_token(self, token_id: int) -> str | None:
+        return next((k for k, v in self.specials.items() if v == token_id), None)
+
 
 def make_format(tok, name: str, **options) -> ChatFormat:
     if name == "template-folder":
@@ -118,22 +121,29 @@ def tok(tokenizer_dir: Path, _loaded: dict):
     return _load(tokenizer_dir, _loaded)
 
 
+def head_ids(fmt: ChatFormat, messages: list[dict]) -> list[int]:
+    """The ids messages add, as segments: render(messages, False) less a template's
+    trailing whitespace (which, in a whole text, joins whatever follows it)."""
+    return [t for seg in fmt.segments(messages) for t in seg.ids]
+
+
 @pytest.mark.parametrize("name", FORMATS)
 @pytest.mark.parametrize("system", [True, False], ids=["system", "nosystem"])
 def test_append_only(tok, name: str, system: bool) -> None:
     fmt = make_format(tok, name, member="m")
     conv = CONVERSATION if system else CONVERSATION[1:]
     for k in range(1, len(conv)):
-        before, after = fmt.render(conv[:k], add_generation_prompt=False), fmt.render(conv[: k + 1])
+        before, after = head_ids(fmt, conv[:k]), fmt.render(conv[: k + 1])
         assert after[: len(before)] == before, f"{name}: message {k} rewrote earlier ids"
         prompt = fmt.render(conv[:k])
         assert prompt[: len(before)] == before
         if conv[k]["role"] == "assistant":  # generation prompt is a prefix of history + reply
             with_reply = fmt.render(conv[: k + 1], add_generation_prompt=False)
             assert with_reply[: len(prompt)] == prompt
-    assert fmt.render(conv, add_generation_prompt=False) == [
-        t for seg in fmt.segments(conv) for t in seg.ids
-    ]
+    whole = fmt.render(conv, add_generation_prompt=False)
+    assert whole[: len(head_ids(fmt, conv))] == head_ids(fmt, conv)
+    if not name.startswith("template"):  # built-in formats end on their segments
+        assert whole == head_ids(fmt, conv)
 
 
 @pytest.mark.parametrize("name", FORMATS)
@@ -147,9 +157,8 @@ def test_reply_ids_are_used_verbatim(tok, name: str) -> None:
         reply = {**message, "member": "m", "token_ids": ids}
         closing = fmt.reply_suffix_ids([*history, reply])
         expected = fmt.render(history) + ids + closing
-        assert fmt.render([*history, reply], add_generation_prompt=False) == expected
-        bare = fmt.render(history, add_generation_prompt=False)
-        assert fmt.render(history) == bare + fmt.generation_prompt_ids(history)
+        assert head_ids(fmt, [*history, reply]) == expected
+        assert fmt.render(history) == head_ids(fmt, history) + fmt.generation_prompt_ids(history)
         # Another member's ids are not this member's: the content is tokenized instead.
         other = {**reply, "member": "other", "token_ids": [7, 7, 7]}
         plain = fmt.render([*history, message], add_generation_prompt=False)
@@ -175,13 +184,13 @@ def test_append_only_random(spm_bpe_legacy_dir: Path, _loaded: dict, turns, syst
         fmt = _loaded["random", name]
         full = fmt.render(conv, add_generation_prompt=False)
         for k in range(1, len(conv)):
-            head = fmt.render(conv[:k], add_generation_prompt=False)
+            head = head_ids(fmt, conv[:k])
             assert full[: len(head)] == head
             if conv[k]["role"] == "assistant":
                 reply = {**conv[k], "member": "m", "token_ids": [5, 6]}
                 closing = fmt.reply_suffix_ids([*conv[:k], reply])
                 expected = [*fmt.render(conv[:k]), 5, 6, *closing]
-                assert fmt.render([*conv[:k], reply], add_generation_prompt=False) == expected
+                assert head_ids(fmt, [*conv[:k], reply]) == expected
 
 
 # ---- exact texts with a byte-level BPE tokenizer (decode is exact there)
@@ -302,12 +311,11 @@ def test_template_matches_transformers(request, tmp_path: Path, kind: str, templ
         ref = hf.apply_chat_template(conv, tokenize=False, add_generation_prompt=gen)
         assert fmt.render_text(conv, gen) == ref
         ids = fmt.render(conv, add_generation_prompt=gen)
-        bos = tok.add_bos_token and not ref.startswith(tok.bos_token or "\0")
-        assert tok.decode(ids) == (tok.bos_token if bos else "") + ref
-        assert ids.count(tok.bos_token_id) == ref.count(tok.bos_token) + bos  # BOS once
+        assert tok.decode(ids) == ref  # BOS only where the template writes it
+        assert ids.count(tok.bos_token_id) == ref.count(tok.bos_token)
         if kind == "llama3_dir":  # splits at specials and newlines: segments tokenize as a whole
-            whole = hf.encode(ref, add_special_tokens=False)
-            assert ids == ([tok.bos_token_id] if bos else []) + whole
+            want = hf.apply_chat_template(conv, tokenize=True, add_generation_prompt=gen)
+            assert ids == list(getattr(want, "input_ids", want))
 
 
 @pytest.mark.parametrize("kind", ["spm_bpe_dir", "spm_bpe_legacy_dir", "llama3_dir"])
@@ -323,11 +331,9 @@ def test_folder_template_ids_match_transformers(request, kind: str) -> None:
     fmt = get_chat_format(tok)
     conv = [SHORT[1], SHORT[2], SHORT[3], {"role": "assistant", "content": "Fine, thank you."}]
     for k in range(1, len(conv) + 1):
-        ref = hf.apply_chat_template(conv[:k], tokenize=False, add_generation_prompt=False)
+        want = hf.apply_chat_template(conv[:k], tokenize=True, add_generation_prompt=False)
         ids = fmt.render(conv[:k], add_generation_prompt=False)
-        bos = [tok.bos_token_id] if not ref.startswith(tok.bos_token) else []
-        assert ids == bos + hf.encode(ref, add_special_tokens=False)
-        assert ids.count(tok.bos_token_id) == ref.count(tok.bos_token) + len(bos) >= 1
+        assert ids == list(getattr(want, "input_ids", want))
 
 
 @pytest.mark.parametrize(
@@ -348,14 +354,23 @@ def test_malicious_template_is_refused(tmp_path: Path, template: str) -> None:
     assert not marker.exists()
 
 
-def test_template_not_append_only() -> None:
+def test_template_not_append_only_renders_whole() -> None:
+    """A template that rewrites earlier text still renders (the whole text, tokenized at
+    once; the member's prefix cache misses from the rewrite on); segments are refused."""
     reverse = "{% for m in messages|reverse %}{{ m.content }}\n{% endfor %}"
     fmt = get_chat_format(FakeTokenizer(chat_template=reverse))
-    with pytest.raises(ValueError, match="not append-only: message 1"):
-        fmt.render(SHORT[1:3])
+    assert fmt.tokenizer.decode(fmt.render(SHORT[1:3])) == "Hello.\nHi!\n"
+    assert fmt.num_whole_renders == 1
+    with pytest.raises(NotAppendOnly, match="not append-only: message 1"):
+        fmt.segments(SHORT[1:3])
     moving = "{% if add_generation_prompt %}>{% endif %}{{ messages[0].content }}"
-    with pytest.raises(ValueError, match="not append-only: the generation prompt"):
-        get_chat_format(FakeTokenizer(chat_template=moving)).render(SHORT[1:2])
+    fmt = get_chat_format(FakeTokenizer(chat_template=moving))
+    assert fmt.tokenizer.decode(fmt.render(SHORT[1:2])) == ">Hi!"
+    with pytest.raises(NotAppendOnly, match="not append-only: the generation prompt"):
+        fmt.generation_prompt_ids(SHORT[1:2])
+    refusing = "{{ raise_exception('roles must alternate') }}"
+    with pytest.raises(ValueError, match="the chat template refused the conversation: roles"):
+        get_chat_format(FakeTokenizer(chat_template=refusing)).render(SHORT[1:2])
 
 
 def test_template_globals_and_fallbacks() -> None:
@@ -373,8 +388,9 @@ def test_template_globals_and_fallbacks() -> None:
     # The template changes the content (upper): token_ids cannot stand for it, the text is used.
     reply = {**SHORT[2], "member": None, "token_ids": [1, 2, 3]}
     assert fmt.render([SHORT[1], reply], add_generation_prompt=False) == ids
+    # As apply_chat_template(tokenize=True): no BOS unless the template writes one.
     plain = get_chat_format(FakeTokenizer(add_bos=True), template="{{ messages[0].content }}")
-    assert plain.render(SHORT[1:2]) == [tok.bos_token_id, *b"Hi!"]  # BOS added once
+    assert plain.render(SHORT[1:2]) == [*b"Hi!"]
 
 
 # ---- bad input, names, performance
