@@ -42,6 +42,27 @@ class RopeConfig:
             raise ValueError(f"rotary_dim must be a positive even number, got {self.rotary_dim}")
         if self.factor <= 0:
             raise ValueError(f"rope scaling factor must be positive, got {self.factor}")
+        if not (math.isfinite(self.theta) and self.theta > 0):
+            raise ValueError(f"rope_theta must be a positive number, got {self.theta}")
+        if self.scaling == "llama3" and not 0 < self.low_freq_factor < self.high_freq_factor:
+            raise ValueError(
+                "llama3 rope scaling needs 0 < low_freq_factor < high_freq_factor, got "
+                f"{self.low_freq_factor} and {self.high_freq_factor}"
+            )
+
+
+#: {ModelConfig field: largest value accepted}: config.json is untrusted, and these size
+#: allocations; anything beyond is refused before a byte is allocated.
+LIMITS = {
+    "vocab_size": 1 << 22,
+    "hidden_size": 1 << 16,
+    "num_layers": 1024,
+    "num_heads": 1024,
+    "num_kv_heads": 1024,
+    "head_dim": 1024,
+    "intermediate_size": 1 << 20,
+    "max_position_embeddings": 1 << 24,
+}
 
 
 @dataclass(frozen=True)
@@ -71,19 +92,26 @@ class ModelConfig:
                 f"unsupported architecture {self.architecture!r}; supported: "
                 + ", ".join(sorted(ARCHITECTURES))
             )
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_layers",
-            "num_heads",
-            "num_kv_heads",
-            "head_dim",
-            "intermediate_size",
-            "max_position_embeddings",
-        ):
+        for name, high in LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"config field {name} must be a positive int, got {value!r}")
+            if type(value) is not int or not 1 <= value <= high:
+                raise ValueError(
+                    f"config field {name} must be an int in [1, {high}], got {value!r}"
+                )
+        if self.num_kv_heads > self.num_heads:
+            raise ValueError(
+                f"num_kv_heads ({self.num_kv_heads}) exceeds num_heads ({self.num_heads})"
+            )
+        if not (math.isfinite(self.norm_eps) and 0 < self.norm_eps < 1):
+            raise ValueError(f"the norm epsilon must be in (0, 1), got {self.norm_eps!r}")
+        for t in (
+            *self.eos_token_ids,
+            *([self.bos_token_id] if self.bos_token_id is not None else []),
+        ):
+            if type(t) is not int or not 0 <= t < self.vocab_size:
+                raise ValueError(
+                    f"bos/eos token ids must be ints in [0, {self.vocab_size}), got {t!r}"
+                )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of "
@@ -97,6 +125,8 @@ class ModelConfig:
     @classmethod
     def from_hf(cls, hf: dict[str, Any], *, max_model_len: int | None = None) -> ModelConfig:
         """Reads a Hugging Face config.json dict (transformers 4 or 5 layout)."""
+        if not isinstance(hf, dict):
+            raise ValueError("config.json must hold a JSON object")
         arch = _architecture(hf)
         eos = hf.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
@@ -128,31 +158,65 @@ def _require(hf: dict[str, Any], *keys: str) -> Any:
     raise ValueError(f"config.json lacks {' / '.join(keys)}")
 
 
+def _int(hf: dict[str, Any], *keys: str, default: int | None = None) -> int:
+    """A positive int field (the first of `keys` present), named in the error if not."""
+    key = next((k for k in keys if hf.get(k) is not None), None)
+    value = hf[key] if key is not None else default
+    if value is None:
+        raise ValueError(f"config.json lacks {' / '.join(keys)}")
+    if type(value) is not int or value < 1:
+        raise ValueError(f"config.json: {key or keys[0]} must be a positive int, got {value!r}")
+    return value
+
+
+def _float(hf: dict[str, Any], key: str, default: float) -> float:
+    value = hf.get(key, default)
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError(f"config.json: {key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _bool(hf: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = hf.get(key, default)
+    if value is None:
+        return default
+    if type(value) is not bool:
+        raise ValueError(f"config.json: {key} must be true or false, got {value!r}")
+    return value
+
+
 def _llama_rope(hf: dict[str, Any], head_dim: int) -> RopeConfig:
     # transformers 5 writes rope_parameters (theta inside); 4.x writes rope_theta + rope_scaling.
-    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    key = "rope_parameters" if hf.get("rope_parameters") is not None else "rope_scaling"
+    params = hf.get(key) or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"config.json: {key} must be an object, got {params!r}")
+    theta = _float(params, "rope_theta", _float(hf, "rope_theta", 10000.0))
     kind = params.get("rope_type", params.get("type", "default"))
     if hf.get("partial_rotary_factor", 1.0) != 1.0:
         raise ValueError("partial_rotary_factor != 1 is not supported for Llama-family models")
     return RopeConfig(
-        theta=float(theta),
+        theta=theta,
         rotary_dim=head_dim,
         scaling=kind,
-        factor=float(params.get("factor", 1.0)),
-        low_freq_factor=float(params.get("low_freq_factor", 1.0)),
-        high_freq_factor=float(params.get("high_freq_factor", 4.0)),
-        original_max_position_embeddings=int(params.get("original_max_position_embeddings", 8192)),
+        factor=_float(params, "factor", 1.0),
+        low_freq_factor=_float(params, "low_freq_factor", 1.0),
+        high_freq_factor=_float(params, "high_freq_factor", 4.0),
+        original_max_position_embeddings=_int(
+            params, "original_max_position_embeddings", default=8192
+        ),
     )
 
 
 def _llama_config(
     hf: dict[str, Any], arch: str, common: dict[str, Any], max_model_len: int | None
 ) -> ModelConfig:
-    hidden = _require(hf, "hidden_size")
-    heads = _require(hf, "num_attention_heads")
-    head_dim = hf.get("head_dim") or hidden // heads
-    context = _context(int(hf.get("max_position_embeddings", 2048)), max_model_len)
+    hidden = _int(hf, "hidden_size")
+    heads = _int(hf, "num_attention_heads")
+    if hf.get("head_dim") is None and hidden % heads:
+        raise ValueError(f"config.json: hidden_size {hidden} is not a multiple of {heads} heads")
+    head_dim = _int(hf, "head_dim", default=hidden // heads)
+    context = _context(_int(hf, "max_position_embeddings", default=2048), max_model_len)
     window = hf.get("sliding_window")
     if window is not None and window < context:
         raise ValueError(
@@ -163,19 +227,19 @@ def _llama_config(
         raise ValueError(f"{arch}: hidden_act {hf['hidden_act']!r} is not supported (silu only)")
     return ModelConfig(
         architecture=arch,
-        vocab_size=_require(hf, "vocab_size"),
+        vocab_size=_int(hf, "vocab_size"),
         hidden_size=hidden,
-        num_layers=_require(hf, "num_hidden_layers"),
+        num_layers=_int(hf, "num_hidden_layers"),
         num_heads=heads,
-        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        num_kv_heads=_int(hf, "num_key_value_heads", default=heads),
         head_dim=head_dim,
-        intermediate_size=_require(hf, "intermediate_size"),
+        intermediate_size=_int(hf, "intermediate_size"),
         max_position_embeddings=context,
         rope=_llama_rope(hf, head_dim),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        attention_bias=bool(hf.get("attention_bias", False)),
-        mlp_bias=bool(hf.get("mlp_bias", False)),
+        norm_eps=_float(hf, "rms_norm_eps", 1e-6),
+        tie_word_embeddings=_bool(hf, "tie_word_embeddings"),
+        attention_bias=_bool(hf, "attention_bias"),
+        mlp_bias=_bool(hf, "mlp_bias"),
         **common,
     )
 
@@ -188,23 +252,25 @@ def _context(declared: int, max_model_len: int | None) -> int:
 def _gptj_config(
     hf: dict[str, Any], arch: str, common: dict[str, Any], max_model_len: int | None
 ) -> ModelConfig:
-    hidden = _require(hf, "n_embd", "hidden_size")
-    heads = _require(hf, "n_head", "num_attention_heads")
+    hidden = _int(hf, "n_embd", "hidden_size")
+    heads = _int(hf, "n_head", "num_attention_heads")
+    if hidden % heads:
+        raise ValueError(f"config.json: n_embd {hidden} is not a multiple of {heads} heads")
     head_dim = hidden // heads
     if hf.get("activation_function", "gelu_new") != "gelu_new":
         raise ValueError(f"{arch}: activation {hf['activation_function']!r} is not supported")
     return ModelConfig(
         architecture=arch,
-        vocab_size=_require(hf, "vocab_size"),
+        vocab_size=_int(hf, "vocab_size"),
         hidden_size=hidden,
-        num_layers=_require(hf, "n_layer", "num_hidden_layers"),
+        num_layers=_int(hf, "n_layer", "num_hidden_layers"),
         num_heads=heads,
         num_kv_heads=heads,
         head_dim=head_dim,
-        intermediate_size=hf.get("n_inner") or 4 * hidden,
-        max_position_embeddings=_context(int(hf.get("n_positions", 2048)), max_model_len),
-        rope=RopeConfig(rotary_dim=hf.get("rotary_dim") or head_dim, interleaved=True),
-        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        intermediate_size=_int(hf, "n_inner", default=4 * hidden),
+        max_position_embeddings=_context(_int(hf, "n_positions", default=2048), max_model_len),
+        rope=RopeConfig(rotary_dim=_int(hf, "rotary_dim", default=head_dim), interleaved=True),
+        norm_eps=_float(hf, "layer_norm_epsilon", 1e-5),
+        tie_word_embeddings=_bool(hf, "tie_word_embeddings"),
         **common,
     )

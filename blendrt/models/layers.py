@@ -67,19 +67,41 @@ class RopeTables(NamedTuple):
 
 class RotaryEmbedding(nn.Module):
     """Rotates the first rotary_dim dims of each head; pairs are halves (Llama) or
-    neighbours (GPT-J)."""
+    neighbours (GPT-J).
+
+    NOTE: the cos/sin tables cover the positions used so far (grown by doubling through
+    `ensure`, up to max_positions), not the declared maximum: models declare 128k-10M
+    positions, and a table for all of them would cost memory no conversation uses."""
+
+    INITIAL_POSITIONS = 2048
 
     def __init__(self, rope: RopeConfig, max_positions: int) -> None:
         super().__init__()
         self.rotary_dim = rope.rotary_dim
         self.interleaved = rope.interleaved
-        freqs = torch.outer(torch.arange(max_positions).float(), rope_inv_freq(rope))
+        self.max_positions = max_positions
+        self.register_buffer("inv_freq", rope_inv_freq(rope), persistent=False)
+        self.register_buffer("cos", torch.empty(0, self.rotary_dim), persistent=False)
+        self.register_buffer("sin", torch.empty(0, self.rotary_dim), persistent=False)
+        self.ensure(min(max_positions, self.INITIAL_POSITIONS))
+
+    def ensure(self, num_positions: int) -> None:
+        """Tables for positions [0, num_positions) at least (callers pass the longest
+        context of a step, a host-side int: no device sync)."""
+        if num_positions <= self.cos.shape[0]:
+            return
+        if num_positions > self.max_positions:
+            raise ValueError(
+                f"position {num_positions - 1} is beyond the model's {self.max_positions}"
+            )
+        size = min(self.max_positions, max(num_positions, 2 * self.cos.shape[0]))
+        positions = torch.arange(size, device=self.inv_freq.device).float()
+        freqs = torch.outer(positions, self.inv_freq)
         if self.interleaved:
             freqs = freqs.repeat_interleave(2, dim=-1)
         else:
             freqs = torch.cat([freqs, freqs], dim=-1)
-        self.register_buffer("cos", freqs.cos(), persistent=False)  # [max_pos, rotary_dim]
-        self.register_buffer("sin", freqs.sin(), persistent=False)
+        self.cos, self.sin = freqs.cos(), freqs.sin()  # [size, rotary_dim]
 
     def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeTables:
         return RopeTables(

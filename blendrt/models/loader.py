@@ -15,10 +15,11 @@ from blendrt.models.gptj import GPTJModel
 from blendrt.models.layers import RotaryEmbedding
 from blendrt.models.llama import LlamaModel
 from blendrt.models.weights import (
-    count_tensors,
+    check_layer_count,
     iter_safetensors,
     materialize,
     safetensors_files,
+    tensor_shapes,
 )
 from blendrt.sampling import SamplingParams
 
@@ -105,13 +106,18 @@ def load_weights(
     `progress`: a tqdm bar over the checkpoint's tensors on stderr (None: on a terminal)."""
     folder = Path(folder)
     files = safetensors_files(folder)
+    # NOTE: config.json is checked against the checkpoint's headers first (layers, then
+    # every name and shape), so a config that lies sizes nothing.
+    shapes = tensor_shapes(files)
+    check_layer_count(shapes, config.num_layers)
     with torch.device("meta"):
         model = MODEL_CLASSES[config.family](config)
+    model.weight_map().check(shapes)
     materialize(model, device, dtype)
     tensors = iter_safetensors(files)
     with tqdm(
         tensors,
-        total=count_tensors(files),
+        total=len(shapes),
         desc=f"loading {folder.name}",
         unit=" tensors",
         disable=None if progress is None else not progress,

@@ -4,6 +4,7 @@ parameters allocated once on the target device and dtype (never two copies of th
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,36 @@ class WeightMap:
     def ignore_suffix(self, suffix: str) -> None:
         self.ignored_suffixes.append(suffix)
 
+    def check(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Checks a checkpoint's tensor names and shapes ({name: shape}, from its headers)
+        against the model's, before anything is allocated for them."""
+        unexpected = []
+        for name, shape in shapes.items():
+            target = self.targets.get(name)
+            if target is None:
+                if name not in self.ignored and not name.endswith(tuple(self.ignored_suffixes)):
+                    unexpected.append(name)
+                continue
+            expected = (target.rows, *target.param.shape[1:])
+            if tuple(shape) != expected:
+                raise ValueError(
+                    f"weight {name} has shape {tuple(shape)}, expected {expected} from config.json"
+                )
+        self._refuse(set(self.targets) - set(shapes), unexpected)
+
+    @staticmethod
+    def _refuse(missing: set[str], unexpected: list[str]) -> None:
+        if missing:
+            raise ValueError(
+                f"checkpoint lacks {len(missing)} weights, e.g. " + ", ".join(sorted(missing)[:5])
+            )
+        if unexpected:
+            raise ValueError(
+                f"checkpoint has {len(unexpected)} weights this architecture does "
+                "not use (wrong architecture in config.json?), e.g. "
+                + ", ".join(sorted(unexpected)[:5])
+            )
+
     def load(self, tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
         """Copies each checkpoint tensor into its slice; checks names and shapes."""
         missing = set(self.targets)
@@ -61,16 +92,7 @@ class WeightMap:
             with torch.no_grad():
                 target.param[target.offset : target.offset + target.rows].copy_(tensor)
             missing.discard(name)
-        if missing:
-            raise ValueError(
-                f"checkpoint lacks {len(missing)} weights, e.g. " + ", ".join(sorted(missing)[:5])
-            )
-        if unexpected:
-            raise ValueError(
-                f"checkpoint has {len(unexpected)} weights this architecture does "
-                "not use (wrong architecture in config.json?), e.g. "
-                + ", ".join(sorted(unexpected)[:5])
-            )
+        self._refuse(missing, unexpected)
 
 
 def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -125,13 +147,31 @@ def _open(path: Path) -> Any:  # safetensors' handle type is private
         raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
 
 
-def count_tensors(files: list[Path]) -> int:
-    """How many tensors the files hold (read from their headers)."""
-    total = 0
+def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} of every tensor in the files, read from their headers only."""
+    shapes = {}
     for path in files:
         with _open(path) as f:
-            total += len(f.keys())
-    return total
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                shapes[name] = tuple(f.get_slice(name).get_shape())
+    return shapes
+
+
+_LAYER = re.compile(r"\.(?:layers|h)\.(\d+)\.")
+
+
+def check_layer_count(shapes: dict[str, tuple[int, ...]], num_layers: int) -> None:
+    """config.json's layer count against the checkpoint's, before any module is built."""
+    found = {int(m.group(1)) for name in shapes if (m := _LAYER.search(name))}
+    if found != set(range(num_layers)):
+        held = (
+            f"{len(found)} layers"
+            if found == set(range(len(found)))
+            else f"layers {sorted(found)[:8]}"
+        )
+        raise ValueError(
+            f"config.json declares {num_layers} layers but the checkpoint holds {held}"
+        )
 
 
 def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:

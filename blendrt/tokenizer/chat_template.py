@@ -1,108 +1,34 @@
 """A model folder's jinja chat template (Hugging Face style) as an append-only ChatFormat.
 
-Templates come from model folders and are untrusted: they are rendered in jinja2's
-ImmutableSandboxedEnvironment (no attribute starting with "_", no mutation of passed-in
-objects), with the globals and filters transformers gives them (``raise_exception``,
-``strftime_now``, ``namespace``, ``dict``, ``tojson``, the ``{% generation %}`` tag), and
-``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token``.
+Templates come from model folders and are untrusted: they render in `template_sandbox`
+(jinja2's immutable sandbox with time, loop and output limits), with ``messages``,
+``add_generation_prompt``, ``bos_token``, ``eos_token``.
 
 The segment of message k is render(messages[:k+1]) minus render(messages[:k]) as text, and the
 generation opening is render(msgs, add_generation_prompt=True) minus render(msgs); a rendering
 that does not extend the previous one raises ValueError (the template is not append-only). An
 assistant segment must begin with the opening; what follows is split into content (the
 message's text, or the template's trimmed text of it, behind at most whitespace) and closing.
-Only the first segment is tokenized as a whole text (BOS added if the tokenizer adds one and
-the template did not write it); the others with ``encode_continuation``.
+Text at the start, or right after a special token, is tokenized as in a whole text (a
+`Lead`); other text with ``encode_continuation``. No BOS is added: as apply_chat_template,
+the template writes it or it is not there.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import nodes
 from jinja2.exceptions import SecurityError, TemplateError
-from jinja2.ext import Extension, loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.utils import Namespace
 
 from blendrt.tokenizer.chat_format import ChatFormat, Lead, Message, NotAppendOnly, Part
+from blendrt.tokenizer.template_sandbox import TemplateLimitError, render_limited, sandbox
 
 if TYPE_CHECKING:
     from blendrt.tokenizer.tokenizer import Tokenizer
 
 _PRIVATE_KEYS = ("token_ids", "member")  # blendrt's own message fields; templates don't see them
-
-
-def _raise_exception(message: str) -> None:
-    raise TemplateError(message)
-
-
-def _tojson(
-    x: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys=False
-) -> str:
-    # jinja's own tojson escapes HTML characters; templates expect json.dumps.
-    return json.dumps(
-        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )
-
-
-def _check_name(name: object) -> None:
-    if isinstance(name, str) and name.startswith("_"):
-        raise SecurityError(f"chat templates cannot set underscore attributes ({name!r})")
-
-
-class _Namespace(Namespace):
-    """jinja's namespace(), refusing underscore names (as transformers does)."""
-
-    def __init__(*args: Any, **kwargs: Any) -> None:
-        self, args = args[0], args[1:]
-        attrs = dict(*args, **kwargs)
-        for name in attrs:
-            _check_name(name)
-        Namespace.__init__(self, attrs)
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        _check_name(name)
-        Namespace.__setitem__(self, name, value)
-
-
-class _Dict:
-    """The ``dict`` global without the type itself."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict:
-        return dict(*args, **kwargs)
-
-    def fromkeys(self, *args: Any, **kwargs: Any) -> dict:
-        return dict.fromkeys(*args, **kwargs)
-
-
-class _GenerationTag(Extension):
-    """``{% generation %}...{% endgeneration %}`` (transformers' assistant mask): its body."""
-
-    tags = {"generation"}  # noqa: RUF012 (jinja's Extension API)
-
-    def parse(self, parser: Any) -> nodes.Node:
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-    def _body(self, caller: Any) -> str:
-        return caller()
-
-
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, loopcontrols]
-    )
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    env.globals["namespace"] = _Namespace
-    env.globals["dict"] = _Dict()
-    return env
 
 
 def _delta(prev: str, cur: str, what: str) -> str:
@@ -152,7 +78,7 @@ class TemplateChatFormat(ChatFormat):
         if not template:
             raise ValueError(f"tokenizer {tokenizer.path!r} has no chat_template")
         self.template = template
-        self._compiled = _environment().from_string(template)
+        self._compiled = sandbox().from_string(template)
         self._kwargs = dict(template_kwargs or {})
         # Special token texts, longest first: after one, text tokenizes as after a split.
         names = {tokenizer.id_to_token(t) for t in tokenizer.all_special_ids}
@@ -196,8 +122,8 @@ class TemplateChatFormat(ChatFormat):
             variables |= {"messages": plain, "add_generation_prompt": gen}
             variables["strftime_now"] = ctx.now.strftime  # one clock per call: append-only
             try:
-                ctx.texts[key] = self._compiled.render(variables)
-            except SecurityError:
+                ctx.texts[key] = render_limited(self._compiled, variables)
+            except (SecurityError, TemplateLimitError):
                 raise
             except TemplateError as e:  # raise_exception(...): the template refuses this
                 raise ValueError(f"the chat template refused the conversation: {e}") from None
@@ -271,7 +197,7 @@ class TemplateChatFormat(ChatFormat):
         probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
         try:
             _, _, closing = self._parts(probe, 1, _Render())
-        except SecurityError:
+        except (SecurityError, TemplateLimitError):
             raise
         except (TemplateError, ValueError, TypeError, LookupError):
             return  # the template refuses the probe; EOS stays the only stop
