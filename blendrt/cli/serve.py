@@ -55,6 +55,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def bind_warning(host: str, api_key: str | None) -> str | None:
+    """What to tell someone serving beyond this machine without a key (None: nothing)."""
+    if api_key or is_loopback(host):
+        return None
+    return (
+        f"blendrt: warning: serving on {host} beyond this machine without an API key: anyone "
+        "who can reach it can use the blend (set --api-key or BLENDRT_API_KEY)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -64,12 +74,8 @@ def run(args: argparse.Namespace) -> int:
     if args.shutdown_timeout < 0:
         raise ValueError(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     api_key = args.api_key or os.environ.get("BLENDRT_API_KEY") or None
-    if not api_key and not is_loopback(args.host):
-        print(
-            f"blendrt: warning: serving on {args.host} beyond this machine without an API key: "
-            "anyone who can reach it can use the blend (set --api-key or BLENDRT_API_KEY)",
-            file=sys.stderr,
-        )
+    if warning := bind_warning(args.host, api_key):
+        print(warning, file=sys.stderr)
     with build_blend(args, args.member) as blend:
         app = create_app(
             blend,

@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
@@ -66,12 +67,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: One server-sent event: `data` holds a chunk as JSON, an error object, or [DONE].
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    "required": ["data"],
+}
+
+
 def _streamed(model: type) -> dict[int | str, dict[str, Any]]:
     """200 as JSON, or with "stream": true as server-sent events (data: chunk ... [DONE])."""
     return {
         200: {
             "model": model,
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
             "description": "the completion, or its chunks as server-sent events",
         },
         **_ERRORS,
@@ -102,6 +111,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.blendrt = state
+    app.add_middleware(InternalErrorMiddleware, state=state)
     app.add_middleware(DrainMiddleware, state=state)
     app.add_middleware(
         BodyLimitMiddleware,
@@ -109,6 +119,7 @@ def create_app(
         on_reject=lambda: state.metrics.count("any", 413),
     )
     _add_error_handlers(app, state)
+    app.openapi = lambda: _openapi(app, state)  # type: ignore[method-assign]
 
     @app.get("/health", response_model=HealthResponse, responses=_ERRORS)
     async def health() -> HealthResponse:
@@ -190,6 +201,33 @@ def create_app(
     return app
 
 
+def _openapi(app: FastAPI, state: ServerState) -> dict[str, Any]:
+    """FastAPI's schema, made truthful for this server: no 422 (bad input is a 400), and
+    `model` lists the ids it serves (members only where a member is needed)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for path in schema["paths"].values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        components = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        members = list(state.blend.members)
+        for name, ids in {
+            "ChatCompletionRequest": [state.served_model_name, *members],
+            "CompletionRequest": members,
+            "TokenizeCompletionRequest": members,
+            "TokenizeChatRequest": members,
+            "DetokenizeRequest": members,
+        }.items():
+            if name in components:
+                components[name]["properties"]["model"]["enum"] = ids
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def _one_member(state: ServerState, model: str, path: str) -> str:
     member = state.member_of(model)
     if member is None:
@@ -214,13 +252,36 @@ def _add_error_handlers(app: FastAPI, state: ServerState) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
-        return answer(request, APIError(e.status_code, str(e.detail), code=None))
+        # 404 for unknown paths, 405 (with its Allow header) for unsupported methods
+        error = APIError(e.status_code, str(e.detail), headers=dict(e.headers or {}))
+        return answer(request, error)
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, e: Exception) -> JSONResponse:
-        # NOTE: input errors are 4xx before this point; what lands here is a bug: logged
-        # with its traceback, counted, and answered as an error object.
-        logger.error("internal error on %s", request.url.path, exc_info=e)
-        return answer(
-            request, APIError(500, f"internal error: {type(e).__name__}", kind="server_error")
-        )
+
+class InternalErrorMiddleware:
+    """ASGI: an exception no handler took is a bug: logged once with its traceback, counted,
+    and answered as a 500 error object (instead of uvicorn's bare 500 and second log)."""
+
+    def __init__(self, app: Any, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as e:
+            logger.error("internal error on %s", scope.get("path"), exc_info=e)
+            self.state.metrics.count(scope.get("path", "any"), 500)
+            if started:  # the answer is on its way: nothing more can be said
+                return
+            error = APIError(500, f"internal error: {type(e).__name__}", kind="server_error")
+            await JSONResponse(error.body(), status_code=500)(scope, receive, send)

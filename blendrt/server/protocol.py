@@ -11,9 +11,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from blendrt.sampling import MAX_LOGIT_BIAS, MAX_STOP_TOKEN_IDS, MAX_STOPS, RANGES
+from blendrt.sampling import MAX_LOGIT_BIAS, MAX_STOP_TOKEN_IDS, MAX_STOPS, MAX_TOKEN_ID, RANGES
 
 MAX_MESSAGES = 4096  # per request
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
@@ -72,6 +80,26 @@ def from_validation_error(e: ValidationError) -> APIError:
     return from_validation_errors(e.errors())
 
 
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 3.0 is the integer 3 (as JSON Schema's "integer" says);
+    3.5, true and "3" are not integers."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+def _a_bool(value: Any) -> Any:
+    if type(value) is not bool:  # Literal[False] alone would take 0 (0 == False)
+        raise ValueError("must be false")
+    return value
+
+
+#: An int in JSON's sense (3 or 3.0), never a bool or a string.
+Int = Annotated[int, BeforeValidator(_integral)]
+TokenId = Annotated[Int, Field(ge=0, le=MAX_TOKEN_ID)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
 class _Strict(BaseModel):
     # NOTE: strict: a bool is not an int, "1" is not a number; forbid: unknown fields are
     # refused by name rather than silently dropped.
@@ -114,47 +142,37 @@ class _Request(_Strict):
     """Fields shared by /v1/chat/completions and /v1/completions."""
 
     model: str = Field(description="the blend's id (the policy picks the member) or a member")
-    max_tokens: int | None = _range("max_tokens")
+    max_tokens: Int | None = _range("max_tokens")
     temperature: float | None = _range("temperature")
     top_p: float | None = _range("top_p", exclusive_low=True)
-    n: int = Field(default=1, ge=1, le=RANGES["n"][1])
-    best_of: int | None = _range("best_of")
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOPS)] | None = None
-    seed: int | None = _range("seed")
+    n: Int = Field(default=1, ge=1, le=RANGES["n"][1])
+    best_of: Int | None = _range("best_of")
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=MAX_STOPS)] | None = None
+    seed: Int | None = _range("seed")
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = _range("presence_penalty")
     frequency_penalty: float | None = _range("frequency_penalty")
-    logit_bias: Annotated[dict[str, float], Field(max_length=MAX_LOGIT_BIAS)] | None = None
+    logit_bias: (
+        Annotated[
+            dict[
+                Annotated[str, Field(pattern=r"^[0-9]{1,10}$")],
+                Annotated[float, Field(ge=RANGES["logit_bias"][0], le=RANGES["logit_bias"][1])],
+            ],
+            Field(max_length=MAX_LOGIT_BIAS, description="{token id: bias}"),
+        ]
+        | None
+    ) = None
     user: str | None = Field(
         default=None, max_length=256, description="the end user; recorded, changes no reply"
     )
     # vLLM's extra sampling fields
-    top_k: int | None = Field(default=None, ge=-1, le=RANGES["top_k"][1], description="-1, 0: off")
+    top_k: Int | None = Field(default=None, ge=-1, le=RANGES["top_k"][1], description="-1, 0: off")
     min_p: float | None = _range("min_p")
     repetition_penalty: float | None = _range("repetition_penalty")
-    min_tokens: int | None = _range("min_tokens")
+    min_tokens: Int | None = _range("min_tokens")
     ignore_eos: bool | None = None
-    stop_token_ids: Annotated[list[int], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        stops = [stop] if isinstance(stop, str) else stop or []
-        if any(not s for s in stops):
-            raise ValueError("stop strings must not be empty")
-        return stop
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
-        low, high = RANGES["logit_bias"]
-        for key, value in (bias or {}).items():
-            if not key.isdigit():
-                raise ValueError(f"logit_bias keys are token ids (decimal), got {key!r}")
-            if not low <= value <= high:
-                raise ValueError(f"logit_bias values must lie in [{low}, {high}], got {value}")
-        return bias
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
@@ -187,9 +205,9 @@ class _Request(_Strict):
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    max_completion_tokens: int | None = _range("max_tokens")
+    max_completion_tokens: Int | None = _range("max_tokens")
     logprobs: bool = False
-    top_logprobs: int | None = _range("logprobs")
+    top_logprobs: Int | None = _range("logprobs")
     # As in OpenAI's Responses API: "auto" drops the oldest messages to fit the member's
     # window; "disabled" answers 400 context_length_exceeded instead.
     truncation: Literal["auto", "disabled"] = "auto"
@@ -233,13 +251,11 @@ def blend_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
 
 
 Prompt = (
-    Annotated[str, Field(min_length=1)]
+    NonEmpty
+    | Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_PROMPTS)]
+    | Annotated[list[TokenId], Field(min_length=1)]
     | Annotated[
-        list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_PROMPTS)
-    ]
-    | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-    | Annotated[
-        list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]],
+        list[Annotated[list[TokenId], Field(min_length=1)]],
         Field(min_length=1, max_length=MAX_PROMPTS),
     ]
 )
@@ -248,7 +264,7 @@ Prompt = (
 class CompletionRequest(_Request):
     prompt: Prompt = Field(description="text, texts, token ids, or lists of token ids")
     echo: bool = False
-    logprobs: int | None = _range("logprobs")
+    logprobs: Int | None = _range("logprobs")
     suffix: None = Field(default=None, description="not supported (refused if given)")
 
     def num_top_logprobs(self) -> int | None:
@@ -273,11 +289,11 @@ class TokenizeChatRequest(_Strict):
     model: str
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     add_generation_prompt: bool = True
-    add_special_tokens: Literal[False] = Field(
+    add_special_tokens: Annotated[Literal[False], BeforeValidator(_a_bool)] = Field(
         default=False, description="the member's chat format places its special tokens"
     )
 
 
 class DetokenizeRequest(_Strict):
     model: str
-    tokens: list[Annotated[int, Field(ge=0)]]
+    tokens: list[TokenId]

@@ -36,6 +36,9 @@ def _never_prepend(node: Any) -> Any:
     return node
 
 
+LONG_TEXT_CHARS = 1 << 16  # texts longer than this are encoded without holding the GIL
+
+
 class _HFBackend:
     """A tokenizer.json pipeline, set up the way transformers sets it up for the class."""
 
@@ -77,7 +80,12 @@ class _HFBackend:
         self.size = max(vocab.values(), default=-1) + 1
 
     def encode(self, text: str, specials: bool, cont: bool) -> list[int]:
-        return (self.cont if cont else self.tok).encode(text, add_special_tokens=specials).ids
+        tok = self.cont if cont else self.tok
+        if len(text) > LONG_TEXT_CHARS:
+            # NOTE: encode_batch releases the GIL while it works (encode does not): a
+            # server thread tokenizing a huge message must not stall the event loop.
+            return tok.encode_batch([text], add_special_tokens=specials)[0].ids
+        return tok.encode(text, add_special_tokens=specials).ids
 
     def decode(self, ids: Sequence[int], skip: bool) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -70,3 +73,30 @@ def wait_idle(blend: Blend, timeout: float = 10.0) -> dict:
         if idle or time.monotonic() > deadline:
             return stats
         time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_subprocess(port: int, *flags: str) -> subprocess.Popen:
+    """`blendrt serve` (the demo blend unless flags say otherwise) in its own process, as a
+    user runs it; returns once /health answers."""
+    import httpx
+
+    args = ["serve", "--seed", "0", "--port", str(port), "--log-level", "warning", *flags]
+    code = f"import sys; from blendrt.cli import main; sys.exit(main({args!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited: {proc.stderr.read()}")
+    proc.kill()
+    raise AssertionError("the server did not start")

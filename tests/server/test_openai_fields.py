@@ -154,8 +154,8 @@ REFUSED = [
     ("huge top_k", {"top_k": 2**63}, "top_k"),
     ("temperature as text", {"temperature": "1"}, "temperature"),
     ("stop too many", {"stop": ["a"] * 17}, "stop"),
-    ("logit_bias key", {"logit_bias": {"abc": 1}}, "logit_bias"),
-    ("logit_bias value", {"logit_bias": {"5": 1000}}, "logit_bias"),
+    ("logit_bias key", {"logit_bias": {"abc": 1}}, "logit_bias.abc"),
+    ("logit_bias value", {"logit_bias": {"5": 1000}}, "logit_bias.5"),
 ]
 
 
