@@ -192,15 +192,3 @@ class TurnPreparer:
                     m = {**m, "member": member, "token_ids": list(ids)}
             out.append(m)
         return out
-
-    def _with_own_ids(self, member: str, messages: Sequence[Message]) -> list[Message]:
-        out = []
-        for m in messages:
-            # NOTE: an untagged assistant message (a plain OpenAI client) counts as the
-            # member's own when it wrote exactly that text; it then renders from its ids.
-            if m.get("role") == "assistant" and m.get("member") in (member, None):
-                ids = None if "token_ids" in m else self.memory.recall(member, m["content"])
-                if ids is not None:
-                    m = {**m, "member": member, "token_ids": list(ids)}
-            out.append(m)
-        return out

@@ -46,19 +46,38 @@ class WeightMap:
     def check(self, shapes: dict[str, tuple[int, ...]]) -> None:
         """Checks a checkpoint's tensor names and shapes ({name: shape}, from its headers)
         against the model's, before anything is allocated for them."""
-        unexpected = []
+        unexpected: list[str] = []
         for name, shape in shapes.items():
-            target = self.targets.get(name)
-            if target is None:
-                if name not in self.ignored and not name.endswith(tuple(self.ignored_suffixes)):
-                    unexpected.append(name)
-                continue
-            expected = (target.rows, *target.param.shape[1:])
-            if tuple(shape) != expected:
-                raise ValueError(
-                    f"weight {name} has shape {tuple(shape)}, expected {expected} from config.json"
-                )
+            self._target(name, shape, unexpected)
         self._refuse(set(self.targets) - set(shapes), unexpected)
+
+    def load(self, tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
+        """Copies each checkpoint tensor into its slice; checks names and shapes."""
+        missing = set(self.targets)
+        unexpected: list[str] = []
+        for name, tensor in tensors:
+            target = self._target(name, tuple(tensor.shape), unexpected)
+            if target is None:
+                continue
+            with torch.no_grad():
+                target.param[target.offset : target.offset + target.rows].copy_(tensor)
+            missing.discard(name)
+        self._refuse(missing, unexpected)
+
+    def _target(self, name: str, shape: tuple[int, ...], unexpected: list[str]) -> _Target | None:
+        """The slice a checkpoint tensor fills (None: ignored, or noted as unexpected);
+        raises ValueError if its shape is not the model's."""
+        target = self.targets.get(name)
+        if target is None:
+            if name not in self.ignored and not name.endswith(tuple(self.ignored_suffixes)):
+                unexpected.append(name)
+            return None
+        expected = (target.rows, *target.param.shape[1:])
+        if tuple(shape) != expected:
+            raise ValueError(
+                f"weight {name} has shape {tuple(shape)}, expected {expected} from config.json"
+            )
+        return target
 
     @staticmethod
     def _refuse(missing: set[str], unexpected: list[str]) -> None:
@@ -72,27 +91,6 @@ class WeightMap:
                 "not use (wrong architecture in config.json?), e.g. "
                 + ", ".join(sorted(unexpected)[:5])
             )
-
-    def load(self, tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
-        """Copies each checkpoint tensor into its slice; checks names and shapes."""
-        missing = set(self.targets)
-        unexpected = []
-        for name, tensor in tensors:
-            target = self.targets.get(name)
-            if target is None:
-                if name not in self.ignored and not name.endswith(tuple(self.ignored_suffixes)):
-                    unexpected.append(name)
-                continue
-            expected = (target.rows, *target.param.shape[1:])
-            if tuple(tensor.shape) != expected:
-                raise ValueError(
-                    f"weight {name} has shape {tuple(tensor.shape)}, expected "
-                    f"{expected} from config.json"
-                )
-            with torch.no_grad():
-                target.param[target.offset : target.offset + target.rows].copy_(tensor)
-            missing.discard(name)
-        self._refuse(missing, unexpected)
 
 
 def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:

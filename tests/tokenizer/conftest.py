@@ -322,3 +322,14 @@ def all_tokenizer_dirs(request: pytest.FixtureRequest) -> dict[str, Path]:
 def tokenizer_dir(request: pytest.FixtureRequest) -> Path:
     """Each self-contained tokenizer folder in turn."""
     return request.getfixturevalue(request.param)
+
+
+def folder_with_template(src: Path, dst: Path, template: str) -> Path:
+    """A copy of the tokenizer folder src whose chat template is `template`."""
+    shutil.copytree(src, dst)
+    config_path = dst / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["chat_template"] = template
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    (dst / "chat_template.jinja").unlink(missing_ok=True)
+    return dst

@@ -3,12 +3,11 @@ checked against transformers' apply_chat_template, the sandbox, and bad input.""
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
+from conftest import folder_with_template
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jinja2.exceptions import SecurityError
@@ -283,16 +282,6 @@ def test_vicuna_user_after_eos_matches_whole_text(spm_bpe_dir: Path, spm_bpe_leg
 # ---- jinja templates: transformers as the reference, the sandbox
 
 
-def _folder_with_template(src: Path, dst: Path, template: str) -> Path:
-    shutil.copytree(src, dst)
-    config_path = dst / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["chat_template"] = template
-    config_path.write_text(json.dumps(config), encoding="utf-8")
-    (dst / "chat_template.jinja").unlink(missing_ok=True)
-    return dst
-
-
 @pytest.mark.parametrize("template", list(TEMPLATES))
 @pytest.mark.parametrize("kind", ["bytelevel_dir", "llama3_dir"])
 def test_template_matches_transformers(request, tmp_path: Path, kind: str, template: str) -> None:
@@ -300,7 +289,7 @@ def test_template_matches_transformers(request, tmp_path: Path, kind: str, templ
 
     from blendrt.tokenizer.tokenizer import load_tokenizer
 
-    folder = _folder_with_template(
+    folder = folder_with_template(
         request.getfixturevalue(kind), tmp_path / "t", TEMPLATES[template]
     )
     tok, hf = load_tokenizer(folder), AutoTokenizer.from_pretrained(str(folder))

@@ -6,11 +6,10 @@ prompt moved into the last user turn) rendered whole rather than refused."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
+from conftest import folder_with_template
 
 from blendrt.tokenizer.chat_format import NotAppendOnly, get_chat_format
 from blendrt.tokenizer.tokenizer import load_tokenizer
@@ -36,16 +35,6 @@ TURNS = [
 SYSTEM = {"role": "system", "content": "You are Ærø, a helpful bot."}
 
 
-def _with_template(src: Path, dst: Path, template: str) -> Path:
-    shutil.copytree(src, dst)
-    config_path = dst / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["chat_template"] = template
-    config_path.write_text(json.dumps(config), encoding="utf-8")
-    (dst / "chat_template.jinja").unlink(missing_ok=True)
-    return dst
-
-
 def _reference(hf, conv: list[dict], gen: bool) -> list[int] | Exception:
     try:
         out = hf.apply_chat_template(conv, tokenize=True, add_generation_prompt=gen)
@@ -61,7 +50,7 @@ def test_renders_as_apply_chat_template(request, tmp_path: Path, template: str, 
     from transformers import AutoTokenizer
 
     text = (TEMPLATES / f"{template}.jinja").read_text(encoding="utf-8")
-    folder = _with_template(request.getfixturevalue(kind), tmp_path / "t", text)
+    folder = folder_with_template(request.getfixturevalue(kind), tmp_path / "t", text)
     tok, hf = load_tokenizer(folder), AutoTokenizer.from_pretrained(str(folder))
     fmt = get_chat_format(tok)
     checked = refused = 0
@@ -85,7 +74,9 @@ def test_renders_as_apply_chat_template(request, tmp_path: Path, template: str, 
 
 def test_a_template_moving_the_system_prompt_renders_whole(request, tmp_path: Path) -> None:
     text = (TEMPLATES / "mistral-v0.3-nemo.jinja").read_text(encoding="utf-8")
-    folder = _with_template(request.getfixturevalue("spm_bpe_legacy_dir"), tmp_path / "t", text)
+    folder = folder_with_template(
+        request.getfixturevalue("spm_bpe_legacy_dir"), tmp_path / "t", text
+    )
     fmt = get_chat_format(load_tokenizer(folder))
     conv = [SYSTEM, *TURNS]
     fmt.render(conv[:2])  # one user turn: the system prompt sits in it, as it will stay
