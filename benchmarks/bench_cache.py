@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import blendrt._core as _core
 import numpy as np
 
-from blendrt import _core
 from blendrt.cache.manager import BatchMetadata, KVCacheManager
 
 MEMBERS = (("alpha", 16), ("beta", 20), ("gamma", 48))  # (name, tokens_per_page)

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from blendrt.cache import KVGeometry, PagePool
-from blendrt.ops.cpu_attention import paged_attention_cpu
+from blendrt.ops.cpu.attention import paged_attention_cpu
 from blendrt.ops.reference import gather_pages
-from blendrt.ops.torch_backend import decode_attention_torch
+from blendrt.ops.torch_attention import decode_attention_torch
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:

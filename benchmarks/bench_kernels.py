@@ -84,7 +84,7 @@ def decode_point(decode_attention, batch: int, context: int, dtype) -> tuple[flo
 
 def bench_decode(batches, contexts, dtype, copy_bw) -> None:
     try:
-        from blendrt.ops.decode_attention import decode_attention
+        from blendrt.ops.triton.decode_attention import decode_attention
     except ImportError as e:
         print(f"decode: skipped ({e})")
         return
@@ -104,7 +104,7 @@ def prefill_point(batch: int, context: int, dtype) -> tuple[float, float]:
     prefill of `context` tokens per sequence."""
     import torch.nn.functional as F
 
-    from blendrt.ops.extend_attention import extend_attention
+    from blendrt.ops.triton.extend_attention import extend_attention
 
     q, kc, vc, tables, cu, lens = paged_batch(batch, context, context, dtype)
     run = functools.partial(

@@ -192,7 +192,7 @@ class Blend:
     def logprobs(self, member: str, token_ids: Sequence[int]) -> torch.Tensor:
         """Log-softmax [len(token_ids), vocab] of member at every position, computed by the
         engine in the shared pool."""
-        return self._loop.call(lambda engine: engine.prompt_logprobs(member, list(token_ids)))
+        return self._loop.score(member, list(token_ids))
 
     def tokenizer(self, member: str) -> Any:
         return self.engine.models[member].tokenizer

@@ -1,4 +1,5 @@
-"""EngineConfig: how the engine sizes the shared pool and batches work."""
+"""EngineConfig: how the engine sizes the shared pool and batches work. The bottom layer:
+it imports nothing from the package."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from blendrt.ops.attention import BACKENDS
+#: The attention backends a config may name (blendrt.ops.registry maps each to its class;
+#: None picks by device).
+ATTENTION_BACKENDS = ("torch", "triton", "reference")
 
 
 @dataclass
@@ -65,9 +68,10 @@ class EngineConfig:
             raise ValueError(
                 f"pool_partition must be 'shared' or 'static', got {self.pool_partition!r}"
             )
-        if self.attention_backend not in (None, *BACKENDS):
+        if self.attention_backend not in (None, *ATTENTION_BACKENDS):
             raise ValueError(
-                f"attention_backend must be one of {', '.join(map(repr, BACKENDS))} or None, "
+                f"attention_backend must be one of {', '.join(map(repr, ATTENTION_BACKENDS))} "
+                "or None, "
                 f"got {self.attention_backend!r}"
             )
 

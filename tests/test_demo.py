@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from scoring import score
 
 from blendrt.demo import DEMO_DIR, MEMBERS_DIR, demo_members
 
@@ -96,7 +97,7 @@ def test_blend_json_lists_the_member_folders(members: list[dict]) -> None:
 def test_logprobs_match_transformers(loaded: dict[str, tuple]) -> None:
     for name, (model, hf, fmt) in loaded.items():
         ids = fmt.render(CONVERSATION)
-        got = model.logprobs(ids)
+        got = score(model, ids)
         with torch.no_grad():
             want = torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), dim=-1)
         assert got.shape == want.shape
@@ -182,7 +183,7 @@ def test_blendrt_picks_the_same_greedy_tokens(loaded: dict[str, tuple], replies:
     for name, (model, _, fmt) in loaded.items():
         for prompt, _, ids in replies[name]:
             prompt_ids = fmt.render([{"role": "user", "content": prompt}])
-            lp = model.logprobs(prompt_ids + ids)[len(prompt_ids) - 1 : -1]
+            lp = score(model, prompt_ids + ids)[len(prompt_ids) - 1 : -1]
             top2 = lp.topk(2, dim=-1).values
             sure = (top2[:, 0] - top2[:, 1]) > 1e-3  # a near-tie may go either way
             assert torch.equal(lp.argmax(-1)[sure], torch.tensor(ids)[sure]), (name, prompt)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from blendrt import _core
+import blendrt._core as _core
 
 IntArray = Sequence[int] | np.ndarray
 

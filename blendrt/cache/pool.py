@@ -78,11 +78,28 @@ def page_bytes_for(geometries: Iterable[KVGeometry], min_tokens_per_page: int = 
     return -(-need // PAGE_ALIGNMENT) * PAGE_ALIGNMENT
 
 
+def num_pages_for(
+    page_bytes: int, *, num_pages: int | None = None, pool_bytes: int | None = None
+) -> int:
+    """How many pages a pool gets: `num_pages`, or as many as fit in `pool_bytes` (exactly
+    one of the two). NOTE: the one place a pool's size in pages is decided."""
+    if (num_pages is None) == (pool_bytes is None):
+        raise ValueError("size the pool with exactly one of num_pages, pool_bytes")
+    if pool_bytes is not None:
+        if not isinstance(pool_bytes, int) or pool_bytes < page_bytes:
+            raise ValueError(
+                f"pool_bytes={pool_bytes} is smaller than one page ({page_bytes} bytes)"
+            )
+        num_pages = pool_bytes // page_bytes
+    if not isinstance(num_pages, int) or num_pages <= 0:
+        raise ValueError(f"num_pages must be a positive int, got {num_pages!r}")
+    return num_pages
+
+
 class PagePool:
     """One contiguous `torch.uint8` allocation cut into `num_pages` pages of `page_bytes`.
 
-    Size it with exactly one of `num_pages`, `pool_bytes`, or (on CUDA) `memory_fraction`
-    of the device's currently free memory.
+    Size it with exactly one of `num_pages` or `pool_bytes` (see `num_pages_for`).
     """
 
     def __init__(
@@ -91,7 +108,6 @@ class PagePool:
         *,
         num_pages: int | None = None,
         pool_bytes: int | None = None,
-        memory_fraction: float | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
         if not isinstance(page_bytes, int) or page_bytes <= 0 or page_bytes % PAGE_ALIGNMENT:
@@ -100,39 +116,11 @@ class PagePool:
             )
         self.device = torch.device(device)
         self.page_bytes = page_bytes
-        self.num_pages = self._resolve_num_pages(num_pages, pool_bytes, memory_fraction)
+        self.num_pages = num_pages_for(page_bytes, num_pages=num_pages, pool_bytes=pool_bytes)
         self.buffer = torch.empty(
             self.num_pages * page_bytes, dtype=torch.uint8, device=self.device
         )  # [num_pages * page_bytes]
         self.members: dict[str, MemberKV] = {}  # {name: view}
-
-    def _resolve_num_pages(
-        self, num_pages: int | None, pool_bytes: int | None, memory_fraction: float | None
-    ) -> int:
-        given = [x is not None for x in (num_pages, pool_bytes, memory_fraction)]
-        if sum(given) != 1:
-            raise ValueError(
-                "size the pool with exactly one of num_pages, pool_bytes, memory_fraction"
-            )
-        if memory_fraction is not None:
-            if self.device.type != "cuda":
-                raise ValueError(
-                    "memory_fraction sizes a CUDA pool; on "
-                    f"{self.device.type} give num_pages or pool_bytes"
-                )
-            if not 0.0 < memory_fraction <= 1.0:
-                raise ValueError(f"memory_fraction must be in (0, 1], got {memory_fraction}")
-            free_bytes, _ = torch.cuda.mem_get_info(self.device)
-            pool_bytes = int(free_bytes * memory_fraction)
-        if pool_bytes is not None:
-            if pool_bytes < self.page_bytes:
-                raise ValueError(
-                    f"pool_bytes={pool_bytes} is smaller than one page ({self.page_bytes} bytes)"
-                )
-            num_pages = pool_bytes // self.page_bytes
-        if not isinstance(num_pages, int) or num_pages <= 0:
-            raise ValueError(f"num_pages must be a positive int, got {num_pages!r}")
-        return num_pages
 
     def copy_page(self, src: int, dst: int) -> None:
         """Copies page src's bytes (every layer of every member view) into page dst."""

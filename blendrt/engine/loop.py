@@ -16,6 +16,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
+import torch
+
 from blendrt.engine.engine import LLMEngine
 from blendrt.engine.request import RequestOutput
 from blendrt.sampling import SamplingParams
@@ -73,6 +75,26 @@ class EngineLoop:
             return request.request_id
 
         return self.call_soon(add)
+
+    def score(self, member: str, token_ids: list[int]) -> torch.Tensor:
+        """Float32 log-softmax [N, V] of member at every position of token_ids, scheduled in
+        the shared pool like any request (blocking; raises ValueError for bad input)."""
+        outputs: queue.SimpleQueue[RequestOutput] = queue.SimpleQueue()
+
+        def add(engine: LLMEngine) -> int:
+            request = engine.add_score_request(member, token_ids)
+            self._sinks[request.request_id] = outputs.put
+            return request.request_id
+
+        request_id = self._wait(self.call_soon(add))
+        try:
+            out = outputs.get()
+        except BaseException:
+            self.abort(request_id)
+            raise
+        if out.error or out.prompt_logprobs is None:
+            raise RuntimeError(out.error or "scoring was aborted")
+        return out.prompt_logprobs
 
     def abort(self, request_id: int) -> None:
         """Cancels a request (no-op if finished); its pages are freed before this returns."""

@@ -1,9 +1,10 @@
-"""How many bytes the KV pool gets on a GPU: vLLM's `gpu_memory_utilization`.
+"""How big the KV pool is: `pool_pages` reads the config (num_pages, kv_cache_bytes, or on a
+GPU vLLM's `gpu_memory_utilization`, else a CPU default) and the pool's page size.
 
-The blend may use ``utilization * total`` bytes of the device in all; the pool gets what is
-left of that after the weights (and anything else this process holds through torch's
-allocator) and a reserve for the activations of the largest step. It never takes more than
-is free now (other processes may share the card).
+On a GPU the blend may use ``utilization * total`` bytes of the device in all; the pool gets
+what is left of that after the weights (and anything else this process holds through
+torch's allocator) and a reserve for the activations of the largest step. It never takes
+more than is free now (other processes may share the card).
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from collections.abc import Iterable
 
 import torch
 
+from blendrt.cache.pool import num_pages_for
+from blendrt.config import EngineConfig
 from blendrt.models.loaded import LoadedModel
+
+CPU_DEFAULT_POOL_BYTES = 256 << 20
 
 _GiB = float(1 << 30)
 
@@ -58,3 +63,20 @@ def cuda_kv_cache_bytes(device: torch.device, utilization: float, reserve: int) 
     return kv_cache_bytes_for_utilization(
         utilization, total=total, free=free, used=used, reserve=reserve
     )
+
+
+def pool_pages(config: EngineConfig, page_bytes: int, models: Iterable[LoadedModel]) -> int:
+    """The pool's pages in all, as the config asks."""
+    if config.num_pages is not None:
+        return num_pages_for(page_bytes, num_pages=config.num_pages)
+    if config.kv_cache_bytes is not None:
+        pool_bytes = config.kv_cache_bytes
+    elif config.torch_device.type == "cuda":
+        reserve = activation_reserve_bytes(
+            models, config.max_num_batched_tokens, config.max_num_seqs
+        )
+        utilization = config.gpu_memory_utilization or 0.9
+        pool_bytes = cuda_kv_cache_bytes(config.torch_device, utilization, reserve)
+    else:
+        pool_bytes = CPU_DEFAULT_POOL_BYTES
+    return num_pages_for(page_bytes, pool_bytes=pool_bytes)

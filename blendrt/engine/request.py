@@ -36,6 +36,10 @@ class Request:
     cumulative_logprob: float = 0.0  # of the output tokens, under the raw model
     # Candidates to fork from this one once its prompt is computed (first candidate only).
     pending_forks: list[Request] = field(default_factory=list, repr=False)
+    score: bool = False  # score the prompt (log-probabilities at every token), sample nothing
+    # A scoring request's log-softmax rows so far: {first position: [n, V]} (recomputed
+    # chunks after a preemption overwrite theirs).
+    score_rows: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
     generator: torch.Generator | None = None  # set when sampling.seed is given
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
@@ -99,6 +103,7 @@ class RequestOutput:
     done: bool = False  # every candidate of the request has finished
     logprobs: tuple[TokenLogprob, ...] = ()  # of new_token_ids, when asked for
     cumulative_logprob: float = 0.0
+    prompt_logprobs: torch.Tensor | None = None  # a scoring request's [N, V] log-softmax
 
     @property
     def finished(self) -> bool:

@@ -1,6 +1,13 @@
-"""Members' models: Llama family (Llama, Mistral) and GPT-J, loaded from HF folders."""
+"""Members' models: Llama family (Llama, Mistral) and GPT-J, loaded from HF folders. A lazy
+face: importing the package loads no model code."""
 
-from blendrt.models.config import ARCHITECTURES, ModelConfig
-from blendrt.models.loaded import LoadedModel, load_model
+from blendrt._lazy import lazy_exports
 
-__all__ = ["ARCHITECTURES", "LoadedModel", "ModelConfig", "load_model"]
+_EXPORTS = {
+    "ARCHITECTURES": "blendrt.models.config",
+    "ModelConfig": "blendrt.models.config",
+    "LoadedModel": "blendrt.models.loaded",
+    "load_model": "blendrt.models.loaded",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,8 +1,7 @@
-"""LoadedModel: a member's model, tokenizer and geometry, runnable on its own.
+"""LoadedModel: a member's model, tokenizer and geometry.
 
-`blendrt.load_model(path)` returns one. Inside a blend the engine gives the model views of the
-shared pool; standalone, `logprobs()` runs it through the same paged path over a small
-private pool.
+`blendrt.load_model(path)` returns one; an engine runs it over its views of the shared pool
+(one member alone: a one-member engine, e.g. `LLMEngine({"m": model}, config)`).
 """
 
 from __future__ import annotations
@@ -14,8 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from blendrt.cache.manager import KVCacheManager
-from blendrt.cache.pool import KVGeometry, PagePool, page_bytes_for
+from blendrt.cache.pool import KVGeometry
 from blendrt.models.config import ModelConfig
 from blendrt.models.loader import (
     load_weights,
@@ -23,8 +21,7 @@ from blendrt.models.loader import (
     read_generation_defaults,
     resolve_dtype,
 )
-from blendrt.models.runner import ModelRunner
-from blendrt.ops.attention import get_backend
+from blendrt.ops.registry import get_backend
 from blendrt.tokenizer.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -47,8 +44,6 @@ class LoadedModel:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.backend = get_backend(attention_backend, self.device)
-        self._runner: ModelRunner | None = None  # private pool, sized on demand
-        self._manager: KVCacheManager | None = None
 
     @property
     def geometry(self) -> KVGeometry:
@@ -69,34 +64,6 @@ class LoadedModel:
                 f"{ids.size} tokens exceed the context length {self.config.max_position_embeddings}"
             )
         return ids.astype(np.int32)
-
-    def _private_pool(self, num_tokens: int) -> tuple[ModelRunner, KVCacheManager]:
-        page_bytes = page_bytes_for([self.geometry])
-        tokens_per_page = page_bytes // self.geometry.bytes_per_token
-        num_pages = -(-num_tokens // tokens_per_page)
-        if self._manager is None or self._manager.num_pages < num_pages:
-            pool = PagePool(page_bytes, num_pages=num_pages, device=self.device)
-            kv = pool.register_member("self", self.geometry)
-            self._manager = KVCacheManager(num_pages)
-            self._manager.register_member("self", kv.tokens_per_page)
-            self._runner = ModelRunner(self.model, kv, self.backend)
-        assert self._runner is not None
-        return self._runner, self._manager
-
-    def logprobs(self, token_ids: list[int] | np.ndarray) -> torch.Tensor:
-        """Float32 log-softmax over the vocabulary at each position: [len(token_ids), V].
-        Row i is the distribution of the token after token_ids[: i + 1]."""
-        ids = self.check_token_ids(token_ids)
-        runner, manager = self._private_pool(ids.size)
-        manager.add_sequence(0, "self", ids)
-        try:
-            if not manager.allocate(0, ids.size):
-                raise RuntimeError("private pool too small")  # sized above: cannot happen
-            logits = runner.forward(manager.build_batch([0], [ids.size]), all_logits=True)
-        finally:
-            manager.free(0)
-            manager.clear_prefix_cache()
-        return torch.log_softmax(logits, dim=-1)
 
     def __repr__(self) -> str:
         c = self.config

@@ -6,6 +6,7 @@ ForwardContext, runs one forward for the member's whole mixed batch, and returns
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,8 +23,21 @@ class ModelRunner:
         self.backend = backend
         self.device = next(model.parameters()).device
 
-    def _to_device(self, array: object) -> torch.Tensor:
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(self.device, non_blocking=True)
+
+    def attention_metadata(self, batch: BatchMetadata) -> AttentionMetadata:
+        """The batch's block tables, slots and lengths on the device, and their host copies."""
+        return AttentionMetadata(
+            slot_mapping=self._to_device(batch.slot_mapping),
+            block_tables=self._to_device(batch.block_tables),
+            cu_seqlens_q=self._to_device(batch.cu_seqlens_q),
+            context_lens=self._to_device(batch.context_lens),
+            max_query_len=batch.max_query_len,
+            max_context_len=batch.max_context_len,
+            cu_seqlens_q_host=tuple(batch.cu_seqlens_q.tolist()),
+            context_lens_host=tuple(batch.context_lens.tolist()),
+        )
 
     @torch.inference_mode()
     def forward(self, batch: BatchMetadata, *, all_logits: bool = False) -> torch.Tensor:
@@ -32,7 +46,7 @@ class ModelRunner:
         self.model.rotary.ensure(batch.max_context_len)
         ctx = ForwardContext(
             positions=self._to_device(batch.positions).long(),
-            attn=AttentionMetadata.from_batch(batch, self.device),
+            attn=self.attention_metadata(batch),
             kv=self.kv,
             backend=self.backend,
         )

@@ -28,9 +28,6 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-#: Triton's element type names.
-TL_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-
 #: Opt-in shared memory per block (bytes), what the driver reports as max_shared_mem.
 MAX_SHARED_BYTES = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 
@@ -38,9 +35,9 @@ CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuob
 
 #: The modules whose kernels the engine launches; decode_attention lands separately.
 KERNEL_MODULES = (
-    "blendrt.ops.store_kv",
-    "blendrt.ops.extend_attention",
-    "blendrt.ops.decode_attention",
+    "blendrt.ops.triton.store_kv",
+    "blendrt.ops.triton.extend_attention",
+    "blendrt.ops.triton.decode_attention",
 )
 
 

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from blendrt.cache.manager import BatchMetadata
-
 
 @dataclass(frozen=True)
 class AttentionMetadata:
@@ -38,22 +36,6 @@ class AttentionMetadata:
     def is_decode_only(self) -> bool:
         return self.max_query_len == 1
 
-    @classmethod
-    def from_batch(cls, batch: BatchMetadata, device: torch.device) -> AttentionMetadata:
-        def dev(a: object) -> torch.Tensor:
-            return torch.from_numpy(a).to(device, non_blocking=True)
-
-        return cls(
-            slot_mapping=dev(batch.slot_mapping),
-            block_tables=dev(batch.block_tables),
-            cu_seqlens_q=dev(batch.cu_seqlens_q),
-            context_lens=dev(batch.context_lens),
-            max_query_len=batch.max_query_len,
-            max_context_len=batch.max_context_len,
-            cu_seqlens_q_host=tuple(batch.cu_seqlens_q.tolist()),
-            context_lens_host=tuple(batch.context_lens.tolist()),
-        )
-
 
 class AttentionBackend(ABC):
     """Paged attention for one layer of one member."""
@@ -73,28 +55,3 @@ class AttentionBackend(ABC):
     ) -> torch.Tensor:  # [T, H_q, D]
         """Stores k/v at meta.slot_mapping, then attends each new query to its sequence's
         cached tokens and, causally, to the new ones."""
-
-
-#: Backend names a config may give (None picks by device).
-BACKENDS = ("torch", "triton", "reference")
-
-
-def get_backend(name: str | None, device: torch.device) -> AttentionBackend:
-    """ "torch" (C++ kernel and SDPA on the CPU, padded torch elsewhere), "triton", "reference"
-    (the slow, obviously right torch path; for debugging), or None: Triton on CUDA, torch
-    elsewhere."""
-    from blendrt.ops.torch_backend import ReferenceBackend, TorchBackend
-
-    if name is None:
-        name = "triton" if device.type == "cuda" else "torch"
-    if name == "torch":
-        return TorchBackend()
-    if name == "reference":
-        return ReferenceBackend()
-    if name == "triton":
-        from blendrt.ops.triton_backend import TritonBackend
-
-        return TritonBackend()
-    raise ValueError(
-        f"unknown attention backend {name!r}; choose one of {', '.join(map(repr, BACKENDS))}"
-    )

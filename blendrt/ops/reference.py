@@ -1,7 +1,7 @@
 """Torch reference paged attention: gather each sequence's pages, then plain attention.
 
-Slow but obviously right: the ground truth the Triton kernels and the CPU backend
-(torch_backend.py) are tested against.
+Slow but obviously right: the ground truth the Triton kernels and the CPU backend are tested
+against, and, as ReferenceBackend, a backend for checking them inside a whole model.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from collections.abc import Collection
 
 import torch
 import torch.nn.functional as F
+
+from blendrt.ops.attention import AttentionBackend, AttentionMetadata
 
 
 def store_kv_reference(
@@ -69,3 +71,31 @@ def paged_attention_reference(
         )  # [H_q, Lq, D]
         out[start:end] = attn.transpose(0, 1).to(q.dtype)
     return out
+
+
+class ReferenceBackend(AttentionBackend):
+    """The torch reference as a backend: gather each sequence's pages, then attention.
+    Slow; for checking the other backends inside a whole engine."""
+
+    name = "reference"
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [T, H_q, D]
+        k: torch.Tensor,  # [T, H_kv, D]
+        v: torch.Tensor,  # [T, H_kv, D]
+        k_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D]
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [T, H_q, D]
+        store_kv_reference(k, v, k_cache, v_cache, meta.slot_mapping)
+        return paged_attention_reference(
+            q,
+            k_cache,
+            v_cache,
+            meta.block_tables,
+            meta.cu_seqlens_q_host,
+            meta.context_lens_host,
+            scale,
+        )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import generated_ids, greedy, make_engine, run_all
+from scoring import score
 
 from blendrt.sampling import SamplingParams
 
@@ -57,7 +58,7 @@ def test_best_of_keeps_cumulative_logprobs_of_every_candidate(member_folders) ->
     model = engine.models["mha"]
     for out in finals:
         ids = list(range(3, 30)) + list(out.reply_token_ids)
-        lp = model.logprobs(ids)
+        lp = score(model, ids)
         want = sum(float(lp[26 + i, t]) for i, t in enumerate(out.reply_token_ids))
         assert out.cumulative_logprob == pytest.approx(want, abs=1e-4)
 
@@ -70,7 +71,7 @@ def test_logprobs_are_the_models_with_the_top_alternatives(member_folders) -> No
     picks = [lp for o in outputs for lp in o.logprobs]
     ids = generated_ids(outputs)
     assert [p.token_id for p in picks] == ids
-    lp = engine.models["llama"].logprobs(prompt + ids)  # [N, V]
+    lp = score(engine.models["llama"], prompt + ids)  # [N, V]
     for i, pick in enumerate(picks):
         row = lp[len(prompt) - 1 + i]
         assert pick.logprob == pytest.approx(float(row[pick.token_id]), abs=1e-5)

@@ -9,7 +9,7 @@ import threading
 import pytest
 from conftest import greedy, make_engine, run_all
 
-import blendrt.engine.engine as engine_module
+import blendrt.engine.sampler as sampler_module
 from blendrt import Blend, EngineConfig, Member
 from blendrt.sampling import SamplingParams
 from blendrt.turn import EngineError
@@ -41,14 +41,14 @@ def test_a_failing_forward_fails_only_its_members_requests(member_folders, monke
 
 
 def test_a_sampler_failure_on_one_row_fails_only_that_request(member_folders, monkeypatch) -> None:
-    real = engine_module.sample
+    real = sampler_module.sample
 
     def picky(logits, rows):  # raises whenever the poisoned request is in the batch
         if any(r.params.temperature == 0.123 for r in rows):
             raise ValueError("Overflow when unpacking long long")
         return real(logits, rows)
 
-    monkeypatch.setattr(engine_module, "sample", picky)
+    monkeypatch.setattr(sampler_module, "sample", picky)
     engine = make_engine(member_folders, num_pages=128)
     good = [engine.add_request("llama", list(range(3, 20 + i)), greedy(4)) for i in range(3)]
     bad = engine.add_request("llama", list(range(3, 22)), SamplingParams(temperature=0.123))

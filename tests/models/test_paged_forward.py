@@ -12,7 +12,7 @@ from checkpoints import VOCAB, make_checkpoint
 from blendrt.cache import KVCacheManager, KVGeometry, PagePool
 from blendrt.models.loader import load_weights, read_config
 from blendrt.models.runner import ModelRunner
-from blendrt.ops.attention import get_backend
+from blendrt.ops.registry import get_backend
 
 N = 45  # not a multiple of any tokens_per_page below
 

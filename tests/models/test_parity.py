@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from checkpoints import VOCAB
+from scoring import score
 
 from blendrt import load_model
 from blendrt.cache import KVCacheManager, PagePool, page_bytes_for
@@ -21,7 +22,7 @@ def hf_logprobs(model, ids: np.ndarray) -> torch.Tensor:
 def test_logprobs_match_transformers(checkpoint) -> None:
     name, folder, hf_model = checkpoint
     ids = np.random.default_rng(0).integers(0, VOCAB, 70)
-    ours = load_model(folder).logprobs(ids)
+    ours = score(load_model(folder), ids)
     ref = hf_logprobs(hf_model, ids)
     assert ours.shape == (70, VOCAB) and ours.dtype == torch.float32
     # The test is only meaningful if the model is far from uniform.
@@ -37,7 +38,7 @@ def test_half_precision_loads_and_tracks_float32(checkpoint, dtype: torch.dtype)
     model = load_model(folder, dtype=dtype)
     assert {p.dtype for p in model.model.parameters()} == {dtype}
     ids = np.random.default_rng(1).integers(0, VOCAB, 20)
-    ours, ref = model.logprobs(ids), hf_logprobs(hf_model, ids)
+    ours, ref = score(model, ids), hf_logprobs(hf_model, ids)
     assert torch.isfinite(ours).all()
     # Half precision moves log-probs a little; the argmax mostly agrees.
     agree = (ours.argmax(-1) == ref.argmax(-1)).float().mean().item()
@@ -64,7 +65,7 @@ def test_invalid_token_ids(checkpoint) -> None:
         (list(range(129)), "exceed the context length 128"),
     ]:
         with pytest.raises(ValueError, match=match):
-            model.logprobs(bad)
+            score(model, bad)
 
 
 def greedy(model, prompt: list[int], num_tokens: int) -> list[int]:

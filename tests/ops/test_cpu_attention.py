@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from blendrt.cache import KVGeometry, PagePool
-from blendrt.ops.cpu_attention import paged_attention_cpu
+from blendrt.ops.cpu.attention import paged_attention_cpu
 from blendrt.ops.reference import paged_attention_reference
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from blendrt.cache import KVGeometry, PagePool
-from blendrt.ops.cpu_store_kv import store_kv_cpu
+from blendrt.ops.cpu.store_kv import store_kv_cpu
 from blendrt.ops.reference import store_kv_reference
 
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from blendrt.cache.pool import KVGeometry, PagePool, page_bytes_for
-from blendrt.ops import decode_attention as da
 from blendrt.ops.reference import paged_attention_reference
+from blendrt.ops.triton import decode_attention as da
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -219,7 +219,7 @@ _AOT_SCRIPT = r"""
 import json, os, re, subprocess, sys, tempfile
 import torch, triton
 from triton.backends.compiler import GPUTarget
-from blendrt.ops.decode_attention import aot_targets
+from blendrt.ops.triton.decode_attention import aot_targets
 cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 for arch, head_dim, group, dtype in json.loads(sys.argv[1]):
     for t in aot_targets(head_dim, group, getattr(torch, dtype)):

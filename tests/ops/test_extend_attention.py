@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from blendrt.cache import KVGeometry, PagePool
-from blendrt.ops.extend_attention import extend_attention
 from blendrt.ops.reference import paged_attention_reference, store_kv_reference
+from blendrt.ops.triton.extend_attention import extend_attention
 
 #: (cached prefix, new tokens) per sequence: decodes, prefills from scratch, prefixes ending
 #: mid-page and on page boundaries, an empty query, and a long one.

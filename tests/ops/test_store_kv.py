@@ -8,7 +8,7 @@ import torch
 
 from blendrt.cache import KVGeometry, PagePool
 from blendrt.ops.reference import store_kv_reference
-from blendrt.ops.store_kv import store_kv
+from blendrt.ops.triton.store_kv import store_kv
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -9,7 +9,7 @@ import torch
 from blendrt.cache import KVGeometry, PagePool
 from blendrt.ops.attention import AttentionMetadata
 from blendrt.ops.reference import paged_attention_reference
-from blendrt.ops.torch_backend import TorchBackend, decode_attention_torch
+from blendrt.ops.torch_attention import TorchBackend, decode_attention_torch
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,7 @@
-"""The CPU attention backend: the C++ kernel for short rows, torch for long prefills.
-
-On the CPU, sequences with at most `MAX_KERNEL_QUERY_LEN` new tokens (decode, short extends)
-go through `cpu_attention.paged_attention_cpu`, which reads their pages in place; longer
-prefills gather their pages and go through torch's fused SDPA, whose matmuls beat a scalar
-loop. On other devices (the "torch" backend on CUDA) decode rows go through
-one padded, masked attention over gathered pages. Tested against
+"""The portable torch path, on any device: decode rows in one padded, masked attention over
+gathered pages; a long prefill over its gathered pages through torch's fused SDPA; the rest
+through the reference. What the "torch" backend runs where the C++ CPU kernels do not
+(`blendrt.ops.cpu.backend` builds on it). Tested against
 `blendrt.ops.reference.paged_attention_reference`.
 """
 
@@ -14,13 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from blendrt.ops.attention import AttentionBackend, AttentionMetadata
-from blendrt.ops.cpu_attention import SUPPORTED_DTYPES, paged_attention_cpu
-from blendrt.ops.cpu_store_kv import store_kv_cpu
 from blendrt.ops.reference import gather_pages, paged_attention_reference, store_kv_reference
-
-#: Measured on the development VM (head dim 32, 700 cached tokens): the C++ kernel wins up to
-#: about 8 query rows per sequence, SDPA over the gathered pages beyond.
-MAX_KERNEL_QUERY_LEN = 8
 
 
 def decode_attention_torch(
@@ -77,6 +68,8 @@ def prefill_attention_torch(
 
 
 class TorchBackend(AttentionBackend):
+    """Gathered pages and torch ops: any device, any dtype."""
+
     name = "torch"
 
     def forward(
@@ -89,11 +82,6 @@ class TorchBackend(AttentionBackend):
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:  # [T, H_q, D]
-        if q.device.type == "cpu" and k_cache.dtype in SUPPORTED_DTYPES:
-            store_kv_cpu(
-                k.to(k_cache.dtype), v.to(k_cache.dtype), k_cache, v_cache, meta.slot_mapping
-            )
-            return self._forward_cpu(q, k_cache, v_cache, meta, scale)
         store_kv_reference(k, v, k_cache, v_cache, meta.slot_mapping)
         cu = meta.cu_seqlens_q_host
         decode = [b for b in range(meta.num_seqs) if cu[b + 1] - cu[b] == 1]
@@ -131,65 +119,3 @@ class TorchBackend(AttentionBackend):
                 scale,
             )
         return out
-
-    def _forward_cpu(
-        self,
-        q: torch.Tensor,  # [T, H_q, D]
-        k_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D]
-        v_cache: torch.Tensor,
-        meta: AttentionMetadata,
-        scale: float,
-    ) -> torch.Tensor:  # [T, H_q, D]
-        cu = meta.cu_seqlens_q_host
-        short = [b for b in range(meta.num_seqs) if cu[b + 1] - cu[b] <= MAX_KERNEL_QUERY_LEN]
-        out = torch.empty_like(q)
-        for b in sorted(set(range(meta.num_seqs)) - set(short)):
-            out[cu[b] : cu[b + 1]] = prefill_attention_torch(
-                q[cu[b] : cu[b + 1]],
-                k_cache,
-                v_cache,
-                meta.block_tables[b],
-                meta.context_lens_host[b],
-                scale,
-            )
-        if short:
-            paged_attention_cpu(
-                q,
-                k_cache,
-                v_cache,
-                meta.block_tables,
-                meta.cu_seqlens_q,
-                meta.context_lens,
-                scale,
-                seq_ids=torch.tensor(short, dtype=torch.int32),
-                out=out,
-            )
-        return out
-
-
-class ReferenceBackend(AttentionBackend):
-    """The torch reference as a backend: gather each sequence's pages, then attention.
-    Slow; for checking the other backends inside a whole engine."""
-
-    name = "reference"
-
-    def forward(
-        self,
-        q: torch.Tensor,  # [T, H_q, D]
-        k: torch.Tensor,  # [T, H_kv, D]
-        v: torch.Tensor,  # [T, H_kv, D]
-        k_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D]
-        v_cache: torch.Tensor,
-        meta: AttentionMetadata,
-        scale: float,
-    ) -> torch.Tensor:  # [T, H_q, D]
-        store_kv_reference(k, v, k_cache, v_cache, meta.slot_mapping)
-        return paged_attention_reference(
-            q,
-            k_cache,
-            v_cache,
-            meta.block_tables,
-            meta.cu_seqlens_q_host,
-            meta.context_lens_host,
-            scale,
-        )

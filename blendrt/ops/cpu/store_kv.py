@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from blendrt import _core
-from blendrt.ops.cpu_attention import cache_layout
+import blendrt._core as _core
+from blendrt.ops.cpu.attention import cache_layout
 
 
 def store_kv_cpu(

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from blendrt.ops.aot import TL_TYPES
+from blendrt.ops.triton.dtypes import TL_TYPES
 
 #: Elements one program moves per tensor (BLOCK_H * BLOCK_D); keeps registers low.
 _MAX_BLOCK_ELEMS = 2048

@@ -21,13 +21,14 @@ import torch
 import triton
 import triton.language as tl
 
+from blendrt.ops.triton.dtypes import TL_TYPES
+
 MIN_SPLIT_TOKENS = 128  # the heuristic gives a split at least this many tokens (H100: 128 beat 256)
 MAX_SPLITS = 64
 PROGRAMS_PER_SM = 8  # stage 1 aims at this many programs per multiprocessor: a few waves
 INTERPRETER_SM_COUNT = 4  # off CUDA (the Triton interpreter), keeps grids small
 MERGE_BLOCK_S = 32  # splits merged per step of stage 2
 LOG2E = 1.4426950408889634
-_TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 @triton.jit
@@ -250,7 +251,7 @@ def aot_targets(head_dim: int, group: int, dtype: torch.dtype) -> list[dict]:
     """What the launcher compiles at this configuration, for `triton.compile(ASTSource(...))`:
     per kernel, `fn`, `signature` (every argument, constexprs as "constexpr"), `constexprs`,
     `num_warps`, `num_stages`, all read off `_config`."""
-    ty = _TRITON_DTYPES[dtype]
+    ty = TL_TYPES[dtype]
     pointers = {
         "q_ptr": f"*{ty}", "k_ptr": f"*{ty}", "v_ptr": f"*{ty}", "out_ptr": f"*{ty}",
         "block_tables_ptr": "*i32", "context_lens_ptr": "*i32",

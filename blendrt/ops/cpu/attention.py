@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from blendrt import _core
+import blendrt._core as _core
 
 #: Storage codes of `_core.paged_attention_cpu`.
 STORAGE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}

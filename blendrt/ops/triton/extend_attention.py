@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from blendrt.ops.aot import TL_TYPES
+from blendrt.ops.triton.dtypes import TL_TYPES
 
 LOG2E = 1.4426950408889634
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from blendrt.ops.attention import AttentionBackend, AttentionMetadata
-from blendrt.ops.extend_attention import extend_attention
-from blendrt.ops.store_kv import store_kv
+from blendrt.ops.triton.extend_attention import extend_attention
+from blendrt.ops.triton.store_kv import store_kv
 
 
 class TritonBackend(AttentionBackend):
@@ -31,7 +31,7 @@ class TritonBackend(AttentionBackend):
         # NOTE: decode rows are [B, H_q, D]: one token per sequence, so T must equal B.
         if meta.is_decode_only and q.shape[0] == meta.num_seqs:
             # Imported here: the decode kernel is a separate module with its own tuning.
-            from blendrt.ops.decode_attention import decode_attention
+            from blendrt.ops.triton.decode_attention import decode_attention
 
             return decode_attention(
                 q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale,
