@@ -26,7 +26,8 @@ from blendrt.models.loaded import LoadedModel, load_model
 from blendrt.policy import MemberPolicy
 from blendrt.prepare import DEFAULT_MAX_TOKENS, TurnPreparer, TurnSettings
 from blendrt.sampling import SamplingParams
-from blendrt.tokenizer.chat_format import ChatFormat, Message, get_chat_format
+from blendrt.tokenizer.chat_format import ChatFormat, Message
+from blendrt.tokenizer.formats import get_chat_format
 from blendrt.turn import (
     Member,
     PreparedTurn,

@@ -18,7 +18,7 @@ from blendrt.demo.data import PROMPTS, corpus_dir, load_conversations, persona  
 from blendrt.demo.evaluate import greedy_reply  # noqa: E402
 from blendrt.demo.train import MEMBERS  # noqa: E402
 from blendrt.models import load_model  # noqa: E402
-from blendrt.tokenizer.chat_format import get_chat_format  # noqa: E402
+from blendrt.tokenizer.formats import get_chat_format  # noqa: E402
 
 MAX_BYTES = 15_000_000
 #: The corpus's 400 most frequent words (most of what the members say, checked even when

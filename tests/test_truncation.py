@@ -9,7 +9,7 @@ import random
 import pytest
 
 from blendrt.demo import demo_members
-from blendrt.tokenizer.chat_format import get_chat_format
+from blendrt.tokenizer.formats import get_chat_format
 from blendrt.tokenizer.tokenizer import load_tokenizer
 from blendrt.truncation import ContextLengthError, cut_points, fit_history
 

@@ -99,7 +99,7 @@ def run_transformers_with_replies(
         raise ImportError("the (d) transformers baseline needs `pip install transformers`") from e
     from transformers.generation import utils as gen_utils
 
-    from blendrt.tokenizer.chat_format import get_chat_format
+    from blendrt.tokenizer.formats import get_chat_format
     from blendrt.tokenizer.tokenizer import load_tokenizer
 
     # transformers 5.x renamed generate()'s past_key_values (now deprecated) to cache.

@@ -36,7 +36,7 @@ from blendrt.demo.data import (
     tokenizer_texts,
 )
 from blendrt.demo.evaluate import corpus_loss, greedy_reply, model_card
-from blendrt.tokenizer.chat_format import get_chat_format
+from blendrt.tokenizer.formats import get_chat_format
 from blendrt.tokenizer.tokenizer import load_tokenizer
 
 

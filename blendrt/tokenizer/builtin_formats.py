@@ -1,14 +1,12 @@
-"""The built-in chat formats (pygmalion, vicuna, llama-2-chat, chatml) and their registry.
+"""The built-in chat formats: pygmalion, vicuna, llama-2-chat, chatml.
 
 Each renders a conversation append-only in token space as `ChatFormat` describes; a folder's
-jinja chat template is `chat_template.TemplateChatFormat` instead. `CHAT_FORMATS` and the format
-classes are also importable from `chat_format`, where `get_chat_format` picks one by name.
+jinja chat template is `chat_template.TemplateChatFormat` instead; `formats` picks by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from blendrt.tokenizer.chat_format import ChatFormat, Lead, Message, Part
@@ -155,6 +153,3 @@ class ChatML(ChatFormat):
 
 
 #: Built-in formats by name: name -> factory(tokenizer, *, member=None, **options).
-CHAT_FORMATS: Mapping[str, Callable[..., ChatFormat]] = MappingProxyType(
-    {f.name: f for f in (Pygmalion, Vicuna, Llama2Chat, ChatML)}
-)

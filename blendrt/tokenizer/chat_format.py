@@ -20,9 +20,9 @@ chunk after it tokenizes as in a whole text, legacy or not); any other text with
 ``encode_continuation``. A format instance caches text -> ids, so re-rendering a conversation
 tokenizes only its new messages.
 
-The four built-in formats (pygmalion, vicuna, llama-2-chat, chatml) and their registry
-`CHAT_FORMATS` live in `builtin_formats` (which subclasses `ChatFormat`; `get_chat_format`
-imports it lazily to avoid a cycle).
+The four built-in formats (pygmalion, vicuna, llama-2-chat, chatml) live in
+`builtin_formats`, a folder's jinja template in `chat_template`, and `formats` picks one by
+name (`get_chat_format`): each subclasses this module's `ChatFormat`.
 """
 
 from __future__ import annotations
@@ -217,25 +217,3 @@ class ChatFormat(ABC):
         head = tok.encode(after, add_special_tokens=False)
         ids = tok.encode(after + text, add_special_tokens=False)
         return ids[len(head) :] if ids[: len(head)] == head else tok.encode_continuation(text)
-
-
-def get_chat_format(tokenizer: Tokenizer, name: str | None = None, **options: Any) -> ChatFormat:
-    """The built-in format ``name``; with no name, the folder's jinja chat_template (option
-    ``template`` overrides it; ``template_kwargs`` are passed to it). Options go to the
-    factory, e.g. ``member``, ``bot_name`` (pygmalion), ``system`` (vicuna)."""
-    from blendrt.tokenizer.builtin_formats import CHAT_FORMATS
-
-    names = ", ".join(CHAT_FORMATS)
-    if name is not None:
-        if name not in CHAT_FORMATS:
-            raise ValueError(f"unknown chat format {name!r}; built-in formats: {names}")
-        return CHAT_FORMATS[name](tokenizer, **options)
-    from blendrt.tokenizer.chat_template import TemplateChatFormat
-
-    template = options.pop("template", None) or tokenizer.chat_template
-    if not template:
-        raise ValueError(
-            f"tokenizer {tokenizer.path!r} has no chat_template; choose a built-in chat format: "
-            f"{names}"
-        )
-    return TemplateChatFormat(tokenizer, template, **options)

@@ -12,7 +12,7 @@ from checkpoints import make_checkpoint
 from blendrt.bench.hf_baseline import run_transformers, run_transformers_with_replies
 from blendrt.bench.workload import make_workload, messages_for_turn
 from blendrt.blend import Member
-from blendrt.tokenizer.chat_format import get_chat_format
+from blendrt.tokenizer.formats import get_chat_format
 from blendrt.tokenizer.tokenizer import load_tokenizer
 
 MAX_TOKENS = 5

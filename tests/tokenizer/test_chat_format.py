@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jinja2.exceptions import SecurityError
 
-from blendrt.tokenizer.builtin_formats import CHAT_FORMATS
-from blendrt.tokenizer.chat_format import ChatFormat, NotAppendOnly, get_chat_format
+from blendrt.tokenizer.chat_format import ChatFormat, NotAppendOnly
+from blendrt.tokenizer.formats import CHAT_FORMATS, get_chat_format
 
 BUILTINS = ["pygmalion", "vicuna", "llama-2-chat", "chatml"]
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import folder_with_template
 
-from blendrt.tokenizer.chat_format import NotAppendOnly, get_chat_format
+from blendrt.tokenizer.chat_format import NotAppendOnly
+from blendrt.tokenizer.formats import get_chat_format
 from blendrt.tokenizer.tokenizer import load_tokenizer
 
 TEMPLATES = Path(__file__).parent / "templates"

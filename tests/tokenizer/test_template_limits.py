@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from blendrt.tokenizer.chat_format import get_chat_format
+from blendrt.tokenizer.formats import get_chat_format
 from blendrt.tokenizer.template_sandbox import MAX_RENDER_SECONDS, TemplateLimitError
 from blendrt.tokenizer.tokenizer import load_tokenizer
 
