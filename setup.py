@@ -12,8 +12,9 @@ from setuptools import setup
 
 core = Pybind11Extension(
     "blendrt._core",
-    sorted(glob("csrc/*.cpp")),
-    include_dirs=["csrc"],
+    # csrc/cache: the pool's bookkeeping; csrc/cpu: the CPU kernels; csrc/module.cpp binds both.
+    sorted(glob("csrc/**/*.cpp", recursive=True)),
+    include_dirs=["csrc", "csrc/cache", "csrc/cpu"],
     cxx_std=17,
     # -fopenmp-simd: honour `omp simd` loop hints (vector reductions) without an OpenMP runtime.
     extra_compile_args=["-O3", "-Wall", "-Wextra", "-fopenmp-simd"],

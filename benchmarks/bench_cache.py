@@ -59,11 +59,11 @@ class PyCache:
     def register_member(self, name: str, tokens_per_page: int) -> None:
         self.tpp[name] = tokens_per_page
 
-    def add_sequence(self, seq_id: int, member: str, token_ids: np.ndarray) -> None:
-        self.seqs[seq_id] = PySeq(member, token_ids.tolist())
+    def add_sequence(self, request_id: int, member: str, token_ids: np.ndarray) -> None:
+        self.seqs[request_id] = PySeq(member, token_ids.tolist())
 
-    def append_token_batch(self, seq_ids: np.ndarray, token_ids: np.ndarray) -> None:
-        for sid, tok in zip(seq_ids.tolist(), token_ids.tolist(), strict=True):
+    def append_token_batch(self, request_ids: np.ndarray, token_ids: np.ndarray) -> None:
+        for sid, tok in zip(request_ids.tolist(), token_ids.tolist(), strict=True):
             self.seqs[sid].tokens.append(tok)
 
     def _key(self, s: PySeq, i: int) -> int:
@@ -82,8 +82,8 @@ class PyCache:
             hits.append(page)
         return hits
 
-    def num_cached_tokens(self, seq_id: int) -> int:
-        s = self.seqs[seq_id]
+    def num_cached_tokens(self, request_id: int) -> int:
+        s = self.seqs[request_id]
         return 0 if s.has_allocated else len(self._lookup(s)) * self.tpp[s.member]
 
     def _take(self) -> int:
@@ -95,8 +95,8 @@ class PyCache:
         self.refcount[page] = 1
         return page
 
-    def allocate(self, seq_id: int, num_new_tokens: int) -> bool:
-        s = self.seqs[seq_id]
+    def allocate(self, request_id: int, num_new_tokens: int) -> bool:
+        s = self.seqs[request_id]
         tpp = self.tpp[s.member]
         hits = [] if s.has_allocated else self._lookup(s)
         num_tokens = s.num_computed + len(hits) * tpp + num_new_tokens
@@ -113,15 +113,15 @@ class PyCache:
         s.block_table.extend(self._take() for _ in range(num_new_pages))
         return True
 
-    def allocate_batch(self, seq_ids: np.ndarray, num_new_tokens: np.ndarray) -> int:
-        pairs = zip(seq_ids.tolist(), num_new_tokens.tolist(), strict=True)
+    def allocate_batch(self, request_ids: np.ndarray, num_new_tokens: np.ndarray) -> int:
+        pairs = zip(request_ids.tolist(), num_new_tokens.tolist(), strict=True)
         for count, (sid, n) in enumerate(pairs):
             if not self.allocate(sid, n):
                 return count
-        return len(seq_ids)
+        return len(request_ids)
 
-    def commit_batch(self, seq_ids: np.ndarray, num_tokens: np.ndarray) -> None:
-        for sid, n in zip(seq_ids.tolist(), num_tokens.tolist(), strict=True):
+    def commit_batch(self, request_ids: np.ndarray, num_tokens: np.ndarray) -> None:
+        for sid, n in zip(request_ids.tolist(), num_tokens.tolist(), strict=True):
             s = self.seqs[sid]
             s.num_computed += n
             num_full = s.num_computed // self.tpp[s.member]
@@ -131,8 +131,8 @@ class PyCache:
                     self.index[key], self.key_of_page[page] = page, key
             s.num_registered = max(s.num_registered, num_full)
 
-    def free(self, seq_id: int) -> None:
-        for page in reversed(self.seqs.pop(seq_id).block_table):  # last page first
+    def free(self, request_id: int) -> None:
+        for page in reversed(self.seqs.pop(request_id).block_table):  # last page first
             self.refcount[page] -= 1
             if self.refcount[page] == 0:
                 if page in self.key_of_page:
@@ -140,14 +140,14 @@ class PyCache:
                 else:
                     self.free_pages.append(page)
 
-    def build_batch(self, seq_ids: np.ndarray, num_new_tokens: np.ndarray) -> BatchMetadata:
+    def build_batch(self, request_ids: np.ndarray, num_new_tokens: np.ndarray) -> BatchMetadata:
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         tables: list[list[int]] = []
         cu_q, cu_k, context_lens, last = [0], [0], [], []
         query_lens = num_new_tokens.tolist()
-        for sid, n in zip(seq_ids.tolist(), query_lens, strict=True):
+        for sid, n in zip(request_ids.tolist(), query_lens, strict=True):
             s = self.seqs[sid]
             tpp, start = self.tpp[s.member], s.num_computed
             for pos in range(start, start + n):
@@ -177,8 +177,8 @@ class RawCore(_core.KVCacheCore):
     def register_member(self, name: str, tokens_per_page: int) -> None:
         self.member_ids[name] = super().register_member(name, tokens_per_page)
 
-    def add_sequence(self, seq_id: int, member: str, token_ids: np.ndarray) -> None:
-        super().add_sequence(seq_id, self.member_ids[member], token_ids)
+    def add_sequence(self, request_id: int, member: str, token_ids: np.ndarray) -> None:
+        super().add_sequence(request_id, self.member_ids[member], token_ids)
 
 
 IMPLS: dict[str, Callable[[int], Any]] = {  # the first is the baseline
@@ -260,11 +260,11 @@ class Driver:
             else:  # a new conversation: the old one's pages stay in the LRU queue
                 tokens = np.concatenate([wl.personas[member], wl.follow_ups[step]])
             cache.free(int(ids[slot]))
-            ids[slot] = seq_id = len(ids) + step  # unique: at most one churn per step
-            cache.add_sequence(seq_id, member, tokens)
+            ids[slot] = request_id = len(ids) + step  # unique: at most one churn per step
+            cache.add_sequence(request_id, member, tokens)
             self.history[slot], self.started[slot] = tokens, step + 1
             new = new.copy()
-            new[slot] = len(tokens) - cache.num_cached_tokens(seq_id)
+            new[slot] = len(tokens) - cache.num_cached_tokens(request_id)
             cache.append_token_batch(np.delete(ids, slot), np.delete(sampled, slot))
         else:
             cache.append_token_batch(ids, sampled)

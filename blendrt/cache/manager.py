@@ -32,7 +32,6 @@ class BatchMetadata:
     slot_mapping: np.ndarray  # [T] page_id * tokens_per_page + position % tokens_per_page
     block_tables: np.ndarray  # [B, W] page ids, padded with -1
     cu_seqlens_q: np.ndarray  # [B + 1]
-    cu_seqlens_k: np.ndarray  # [B + 1]
     context_lens: np.ndarray  # [B] cached + new tokens
     logits_indices: np.ndarray  # [B] row of each sequence's last new token
     max_query_len: int
@@ -52,7 +51,7 @@ class MemberCacheStats:
     name: str
     tokens_per_page: int
     pages_in_use: int  # referenced by at least one live sequence
-    pages_cached: int  # cached and unreferenced: evictable, LRU order
+    pages_cached: int  # cached and unreferenced: cached, LRU order
     hit_tokens: int  # prompt tokens served from the prefix cache
     miss_tokens: int  # prompt tokens computed
     num_sequences: int
@@ -121,61 +120,61 @@ class KVCacheManager:
     def num_pages_in_use(self) -> int:
         """Pages referenced by live sequences (neither free nor cached-unreferenced)."""
         core = self._core
-        return core.num_pages - core.num_free_pages - core.num_evictable_pages
+        return core.num_pages - core.num_free_pages - core.num_cached_pages
 
     # ---- sequences -----------------------------------------------------------------------
 
     def add_sequence(
-        self, seq_id: int, member: str, token_ids: IntArray, *, use_prefix_cache: bool = True
+        self, request_id: int, member: str, token_ids: IntArray, *, use_prefix_cache: bool = True
     ) -> None:
         """Registers a sequence and its known tokens; takes no pages yet. Without
         use_prefix_cache it computes every token (to score them all)."""
         ids = _ids32(token_ids)
         if ids.size and ids.min() < 0:
             raise ValueError(f"token_ids must be non-negative, got {ids.min()}")
-        self._core.add_sequence(seq_id, self.member_id(member), ids, use_prefix_cache)
+        self._core.add_sequence(request_id, self.member_id(member), ids, use_prefix_cache)
 
-    def append_tokens(self, seq_id: int, token_ids: IntArray) -> None:
-        self._core.append_tokens(seq_id, _ids32(token_ids))
+    def append_tokens(self, request_id: int, token_ids: IntArray) -> None:
+        self._core.append_tokens(request_id, _ids32(token_ids))
 
-    def append_token_batch(self, seq_ids: IntArray, token_ids: IntArray) -> None:
-        """Appends token_ids[i] to seq_ids[i] (one decoded token per sequence)."""
-        self._core.append_token_batch(np.asarray(seq_ids, np.int64), _ids32(token_ids))
+    def append_token_batch(self, request_ids: IntArray, token_ids: IntArray) -> None:
+        """Appends token_ids[i] to request_ids[i] (one decoded token per sequence)."""
+        self._core.append_token_batch(np.asarray(request_ids, np.int64), _ids32(token_ids))
 
-    def has_sequence(self, seq_id: int) -> bool:
-        return self._core.has_sequence(seq_id)
+    def has_sequence(self, request_id: int) -> bool:
+        return self._core.has_sequence(request_id)
 
-    def num_cached_tokens(self, seq_id: int) -> int:
+    def num_cached_tokens(self, request_id: int) -> int:
         """Prompt tokens a first allocate() would take from the prefix cache."""
-        return self._core.num_cached_tokens(seq_id)
+        return self._core.num_cached_tokens(request_id)
 
-    def can_allocate(self, seq_id: int, num_new_tokens: int) -> bool:
-        return self._core.can_allocate(seq_id, num_new_tokens)
+    def can_allocate(self, request_id: int, num_new_tokens: int) -> bool:
+        return self._core.can_allocate(request_id, num_new_tokens)
 
-    def allocate(self, seq_id: int, num_new_tokens: int) -> bool:
+    def allocate(self, request_id: int, num_new_tokens: int) -> bool:
         """Pages for `num_new_tokens` more tokens (the cached prefix first, on the first call).
 
         False, with nothing changed, when the pool is short right now; ValueError when the
         sequence could never fit in the pool.
         """
-        return self._core.allocate(seq_id, num_new_tokens)
+        return self._core.allocate(request_id, num_new_tokens)
 
-    def allocate_batch(self, seq_ids: IntArray, num_new_tokens: IntArray) -> int:
+    def allocate_batch(self, request_ids: IntArray, num_new_tokens: IntArray) -> int:
         """Allocates in order up to the first sequence that does not fit; returns the count."""
         return self._core.allocate_batch(
-            np.asarray(seq_ids, np.int64), _ids32(num_new_tokens, "num_new_tokens")
+            np.asarray(request_ids, np.int64), _ids32(num_new_tokens, "num_new_tokens")
         )
 
-    def commit(self, seq_id: int, num_tokens: int) -> None:
+    def commit(self, request_id: int, num_tokens: int) -> None:
         """Records that the KV of `num_tokens` more tokens is written; caches filled pages."""
-        self._core.commit(seq_id, num_tokens)
+        self._core.commit(request_id, num_tokens)
 
-    def commit_batch(self, seq_ids: IntArray, num_tokens: IntArray) -> None:
-        self._core.commit_batch(np.asarray(seq_ids, np.int64), _ids32(num_tokens, "num_tokens"))
+    def commit_batch(self, request_ids: IntArray, num_tokens: IntArray) -> None:
+        self._core.commit_batch(np.asarray(request_ids, np.int64), _ids32(num_tokens, "num_tokens"))
 
-    def free(self, seq_id: int) -> None:
+    def free(self, request_id: int) -> None:
         """Releases a sequence; its cached pages stay in the LRU queue for later hits."""
-        self._core.free(seq_id)
+        self._core.free(request_id)
 
     def fork(self, parent_id: int, child_id: int) -> tuple[int, int] | None:
         """A new sequence sharing the parent's tokens and computed pages (n candidates of one
@@ -185,21 +184,21 @@ class KVCacheManager:
         src, dst = self._core.fork(parent_id, child_id)
         return None if src == -2 else (src, dst)
 
-    def num_computed_tokens(self, seq_id: int) -> int:
-        return self._core.sequence_info(seq_id)["num_computed_tokens"]
+    def num_computed_tokens(self, request_id: int) -> int:
+        return self._core.sequence_info(request_id)["num_computed_tokens"]
 
-    def block_table(self, seq_id: int) -> np.ndarray:
-        return self._core.sequence_info(seq_id)["block_table"]
+    def block_table(self, request_id: int) -> np.ndarray:
+        return self._core.sequence_info(request_id)["block_table"]
 
     # ---- steps ---------------------------------------------------------------------------
 
     def build_batch(
-        self, seq_ids: IntArray, num_new_tokens: IntArray, *, min_block_table_width: int = 0
+        self, request_ids: IntArray, num_new_tokens: IntArray, *, min_block_table_width: int = 0
     ) -> BatchMetadata:
         """Metadata for one member's forward over the next `num_new_tokens[i]` tokens of
-        each `seq_ids[i]` (pages must be allocated)."""
+        each `request_ids[i]` (pages must be allocated)."""
         raw = self._core.build_batch(
-            np.asarray(seq_ids, np.int64),
+            np.asarray(request_ids, np.int64),
             _ids32(num_new_tokens, "num_new_tokens"),
             min_block_table_width,
         )
@@ -216,7 +215,7 @@ class KVCacheManager:
             name: MemberCacheStats(**self._core.member_stats(member_id))
             for name, member_id in self._member_ids.items()
         }
-        free, cached = self._core.num_free_pages, self._core.num_evictable_pages
+        free, cached = self._core.num_free_pages, self._core.num_cached_pages
         return CacheStats(
             num_pages=self.num_pages,
             pages_free=free,

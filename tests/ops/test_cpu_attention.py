@@ -81,7 +81,7 @@ def test_computes_only_the_given_sequences() -> None:
     out = torch.full_like(q, 7.0)
     paged_attention_cpu(
         q, k_cache, v_cache, tables, cu, context, 0.25,
-        seq_ids=torch.tensor([1], dtype=torch.int32), out=out,
+        seq_indices=torch.tensor([1], dtype=torch.int32), out=out,
     )  # fmt: skip
     ref = paged_attention_reference(
         q, k_cache, v_cache, tables, cu.tolist(), context.tolist(), 0.25
@@ -123,7 +123,7 @@ def test_bad_input_is_refused_before_reading_the_pool() -> None:
         paged_attention_cpu(q, k_cache, v_cache, tables, cu, torch.zeros_like(context), 1.0)
     with pytest.raises(ValueError, match="sequence id 5 out of range"):
         five = torch.tensor([5], dtype=torch.int32)
-        paged_attention_cpu(q, k_cache, v_cache, tables, cu, context, 1.0, seq_ids=five)
+        paged_attention_cpu(q, k_cache, v_cache, tables, cu, context, 1.0, seq_indices=five)
     with pytest.raises(ValueError, match=r"q must be a CPU torch\.float32"):
         paged_attention_cpu(q.half(), k_cache, v_cache, tables, cu, context, 1.0)
     with pytest.raises(ValueError, match="block_tables must be a 2-D int32"):

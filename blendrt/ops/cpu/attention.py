@@ -13,16 +13,20 @@ import torch
 import blendrt._core as _core
 
 #: Storage codes of `_core.paged_attention_cpu`.
-STORAGE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-SUPPORTED_DTYPES = frozenset(STORAGE_CODES)
+STORAGE_TYPES = {
+    torch.float32: _core.StorageType.float32,
+    torch.float16: _core.StorageType.float16,
+    torch.bfloat16: _core.StorageType.bfloat16,
+}
+SUPPORTED_DTYPES = frozenset(STORAGE_TYPES)
 
 
 def cache_layout(k_cache: torch.Tensor, v_cache: torch.Tensor, op: str) -> dict[str, int]:
     """Checks a layer's K/V cache views for the C++ kernels and returns the `_core` arguments
     that describe them (pointers, page geometry, strides in elements, storage code)."""
     dtype = k_cache.dtype
-    if dtype not in STORAGE_CODES:
-        raise ValueError(f"CPU {op} supports {list(STORAGE_CODES)}, got {dtype}")
+    if dtype not in STORAGE_TYPES:
+        raise ValueError(f"CPU {op} supports {list(STORAGE_TYPES)}, got {dtype}")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.device.type != "cpu" or t.dtype != dtype or t.dim() != 4:
             raise ValueError(
@@ -44,7 +48,7 @@ def cache_layout(k_cache: torch.Tensor, v_cache: torch.Tensor, op: str) -> dict[
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,
         tokens_per_page=tokens_per_page,
-        dtype=STORAGE_CODES[dtype],
+        dtype=STORAGE_TYPES[dtype],
     )
 
 
@@ -61,7 +65,7 @@ def paged_attention_cpu(
     cu_seqlens_q: torch.Tensor,  # [B + 1] int32
     context_lens: torch.Tensor,  # [B] int32
     scale: float,
-    seq_ids: torch.Tensor | None = None,  # [N] int32: the sequences to compute; None: all
+    seq_indices: torch.Tensor | None = None,  # [N] int32: the sequences to compute; None: all
     out: torch.Tensor | None = None,  # [T, H_q, D]; rows of other sequences are kept
 ) -> torch.Tensor:  # [T, H_q, D]
     """Query i of sequence b sits at position context_lens[b] - query_len_b + i and attends
@@ -83,9 +87,9 @@ def paged_attention_cpu(
     _check_int32_cpu("cu_seqlens_q", cu_seqlens_q, 1)
     _check_int32_cpu("context_lens", context_lens, 1)
     num_seqs = block_tables.shape[0]
-    if seq_ids is None:
-        seq_ids = torch.arange(num_seqs, dtype=torch.int32)
-    _check_int32_cpu("seq_ids", seq_ids, 1)
+    if seq_indices is None:
+        seq_indices = torch.arange(num_seqs, dtype=torch.int32)
+    _check_int32_cpu("seq_indices", seq_indices, 1)
     if cu_seqlens_q[-1].item() != q.shape[0]:
         raise ValueError(f"cu_seqlens_q ends at {cu_seqlens_q[-1].item()}, q has {q.shape[0]} rows")
     q = q.contiguous()
@@ -99,7 +103,7 @@ def paged_attention_cpu(
         block_tables=block_tables.numpy(),
         cu_seqlens_q=cu_seqlens_q.numpy(),
         context_lens=context_lens.numpy(),
-        seq_ids=seq_ids.numpy(),
+        seq_indices=seq_indices.numpy(),
         num_q_heads=num_q_heads,
         scale=float(scale),
         num_threads=torch.get_num_threads(),

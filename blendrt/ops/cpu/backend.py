@@ -68,7 +68,7 @@ class CpuBackend(TorchBackend):
                 meta.cu_seqlens_q,
                 meta.context_lens,
                 scale,
-                seq_ids=torch.tensor(short, dtype=torch.int32),
+                seq_indices=torch.tensor(short, dtype=torch.int32),
                 out=out,
             )
         return out

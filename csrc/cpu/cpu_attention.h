@@ -27,8 +27,8 @@ struct PagedAttentionArgs {
   int64_t block_table_width;
   const int32_t* cu_seqlens_q;  // [B + 1] query rows of each sequence
   const int32_t* context_lens;  // [B] cached + new tokens of each sequence
-  const int32_t* seq_ids;       // [num_seq_ids] which sequences to compute
-  int64_t num_seq_ids;
+  const int32_t* seq_indices;       // [num_seq_indices] which sequences to compute
+  int64_t num_seq_indices;
   int32_t num_q_heads, num_kv_heads, head_dim, tokens_per_page;
   float scale;
   StorageType dtype;
@@ -36,7 +36,7 @@ struct PagedAttentionArgs {
 };
 
 // Query i of sequence b sits at position context_lens[b] - query_len_b + i and attends to
-// keys 0..that position (causal over the new tokens). Rows of sequences not in seq_ids are
+// keys 0..that position (causal over the new tokens). Rows of sequences not in seq_indices are
 // left untouched. Throws std::invalid_argument, before reading the pool, on a page id out of
 // range, a context longer than its block table, or fewer context tokens than query rows.
 void paged_attention_cpu(const PagedAttentionArgs& args);

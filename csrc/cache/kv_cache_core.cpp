@@ -6,7 +6,8 @@
 namespace blendrt {
 namespace {
 
-std::string seq_name(int64_t seq_id) { return "sequence " + std::to_string(seq_id); }
+// A request's sequence (its tokens and pages), as errors name it.
+std::string request_name(int64_t request_id) { return "sequence " + std::to_string(request_id); }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -19,8 +20,8 @@ uint64_t splitmix64(uint64_t x) {
 
 }  // namespace
 
-KVCacheCore::KVCacheCore(int32_t num_pages, uint64_t hash_seed, bool enable_caching)
-    : allocator_(num_pages), index_(num_pages), enable_caching_(enable_caching) {
+KVCacheCore::KVCacheCore(int32_t num_pages, uint64_t hash_seed, bool enable_prefix_caching)
+    : allocator_(num_pages), index_(num_pages), enable_prefix_caching_(enable_prefix_caching) {
   if (hash_seed == 0) {
     std::random_device rd;
     key_.k0 = (static_cast<uint64_t>(rd()) << 32) ^ rd();
@@ -65,38 +66,38 @@ const MemberInfo& KVCacheCore::member(int32_t member_id) const {
   return members_[member_id];
 }
 
-Sequence& KVCacheCore::seq(int64_t seq_id) {
-  auto it = seqs_.find(seq_id);
+Sequence& KVCacheCore::seq(int64_t request_id) {
+  auto it = seqs_.find(request_id);
   if (it == seqs_.end()) {
-    throw NotFoundError("unknown " + seq_name(seq_id) + " (never added, or already freed)");
+    throw NotFoundError("unknown " + request_name(request_id) + " (never added, or already freed)");
   }
   return it->second;
 }
 
-const Sequence& KVCacheCore::sequence(int64_t seq_id) const {
-  return const_cast<KVCacheCore*>(this)->seq(seq_id);
+const Sequence& KVCacheCore::sequence(int64_t request_id) const {
+  return const_cast<KVCacheCore*>(this)->seq(request_id);
 }
 
-void KVCacheCore::add_sequence(int64_t seq_id, int32_t member_id, const int32_t* token_ids,
+void KVCacheCore::add_sequence(int64_t request_id, int32_t member_id, const int32_t* token_ids,
                                size_t n, bool use_prefix_cache) {
   member(member_id);  // validates
-  if (seqs_.count(seq_id)) throw std::invalid_argument(seq_name(seq_id) + " already exists");
-  if (n == 0) throw std::invalid_argument(seq_name(seq_id) + ": token_ids must not be empty");
+  if (seqs_.count(request_id)) throw std::invalid_argument(request_name(request_id) + " already exists");
+  if (n == 0) throw std::invalid_argument(request_name(request_id) + ": token_ids must not be empty");
   if (n > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
-    throw std::invalid_argument(seq_name(seq_id) + ": too many tokens");
+    throw std::invalid_argument(request_name(request_id) + ": too many tokens");
   }
   Sequence s;
   s.member = member_id;
   s.token_ids.assign(token_ids, token_ids + n);
   s.has_allocated = !use_prefix_cache;  // no lookup will happen
-  seqs_.emplace(seq_id, std::move(s));
+  seqs_.emplace(request_id, std::move(s));
   ++members_[member_id].num_sequences;
 }
 
-void KVCacheCore::append_tokens(int64_t seq_id, const int32_t* token_ids, size_t n) {
-  Sequence& s = seq(seq_id);
+void KVCacheCore::append_tokens(int64_t request_id, const int32_t* token_ids, size_t n) {
+  Sequence& s = seq(request_id);
   if (s.token_ids.size() + n > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
-    throw std::invalid_argument(seq_name(seq_id) + ": too many tokens");
+    throw std::invalid_argument(request_name(request_id) + ": too many tokens");
   }
   s.token_ids.insert(s.token_ids.end(), token_ids, token_ids + n);
 }
@@ -124,8 +125,8 @@ std::vector<int32_t> KVCacheCore::lookup(Sequence& s) {
   return hits;
 }
 
-int32_t KVCacheCore::num_cached_tokens(int64_t seq_id) {
-  Sequence& s = seq(seq_id);
+int32_t KVCacheCore::num_cached_tokens(int64_t request_id) {
+  Sequence& s = seq(request_id);
   if (s.has_allocated) return 0;
   return static_cast<int32_t>(lookup(s).size()) * members_[s.member].tokens_per_page;
 }
@@ -161,18 +162,18 @@ KVCacheCore::Plan KVCacheCore::plan(Sequence& s, int32_t num_new_tokens) {
   p.num_new_pages = static_cast<int32_t>(std::max<int64_t>(0, num_pages - num_held));
   p.num_available = allocator_.num_available();
   for (int32_t page : p.hits) {
-    if (allocator_.is_evictable(page)) --p.num_available;  // taking it removes it from the LRU
+    if (allocator_.is_cached(page)) --p.num_available;  // taking it removes it from the LRU
   }
   return p;
 }
 
-bool KVCacheCore::can_allocate(int64_t seq_id, int32_t num_new_tokens) {
-  const Plan p = plan(seq(seq_id), num_new_tokens);
+bool KVCacheCore::can_allocate(int64_t request_id, int32_t num_new_tokens) {
+  const Plan p = plan(seq(request_id), num_new_tokens);
   return p.num_new_pages <= p.num_available;
 }
 
-bool KVCacheCore::allocate(int64_t seq_id, int32_t num_new_tokens) {
-  Sequence& s = seq(seq_id);
+bool KVCacheCore::allocate(int64_t request_id, int32_t num_new_tokens) {
+  Sequence& s = seq(request_id);
   const Plan p = plan(s, num_new_tokens);
   if (p.num_new_pages > p.num_available) return false;
   MemberInfo& m = members_[s.member];
@@ -198,47 +199,47 @@ bool KVCacheCore::allocate(int64_t seq_id, int32_t num_new_tokens) {
   return true;
 }
 
-void KVCacheCore::commit(int64_t seq_id, int32_t num_tokens) {
-  Sequence& s = seq(seq_id);
+void KVCacheCore::commit(int64_t request_id, int32_t num_tokens) {
+  Sequence& s = seq(request_id);
   const int32_t tpp = members_[s.member].tokens_per_page;
   const int64_t num_computed = static_cast<int64_t>(s.num_computed_tokens) + num_tokens;
   const int64_t capacity = static_cast<int64_t>(s.block_table.size()) * tpp;
   if (num_tokens < 0 || num_computed > capacity ||
       num_computed > static_cast<int64_t>(s.token_ids.size())) {
     throw std::invalid_argument("cannot commit " + std::to_string(num_tokens) + " tokens to " +
-                                seq_name(seq_id) + ": " + std::to_string(s.num_computed_tokens) +
+                                request_name(request_id) + ": " + std::to_string(s.num_computed_tokens) +
                                 " computed, " + std::to_string(capacity) + " allocated, " +
                                 std::to_string(s.token_ids.size()) + " known");
   }
   s.num_computed_tokens = static_cast<int32_t>(num_computed);
-  if (!enable_caching_) return;
+  if (!enable_prefix_caching_) return;
   const auto num_full = static_cast<int32_t>(num_computed / tpp);
   memoize_keys(s, num_full);
   for (int32_t i = s.num_registered_pages; i < num_full; ++i) {
     const int32_t page = s.block_table[i];
     // NOTE: a page computed twice (two sequences prefilling the same text at once) is
     // registered once; the duplicate stays uncached and is freed with its sequence.
-    if (index_.insert(s.page_keys[i], page)) allocator_.set_cached(page);
+    if (index_.insert(s.page_keys[i], page)) allocator_.set_registered(page);
   }
   s.num_registered_pages = std::max(s.num_registered_pages, num_full);
 }
 
-void KVCacheCore::free(int64_t seq_id) {
-  Sequence& s = seq(seq_id);
+void KVCacheCore::free(int64_t request_id) {
+  Sequence& s = seq(request_id);
   // NOTE: released last page first, so within one sequence the LRU queue evicts the tail
   // of a prefix before its head (a head evicted first would strand the tail).
   for (auto it = s.block_table.rbegin(); it != s.block_table.rend(); ++it) {
     allocator_.unref(*it);
   }
   --members_[s.member].num_sequences;
-  seqs_.erase(seq_id);
+  seqs_.erase(request_id);
 }
 
 std::pair<int32_t, int32_t> KVCacheCore::fork(int64_t parent_id, int64_t child_id) {
-  if (seqs_.count(child_id)) throw std::invalid_argument(seq_name(child_id) + " already exists");
+  if (seqs_.count(child_id)) throw std::invalid_argument(request_name(child_id) + " already exists");
   const Sequence& parent = seq(parent_id);
   if (!parent.has_allocated) {
-    throw std::invalid_argument("cannot fork " + seq_name(parent_id) + ": it has no pages yet");
+    throw std::invalid_argument("cannot fork " + request_name(parent_id) + ": it has no pages yet");
   }
   const int32_t tpp = members_[parent.member].tokens_per_page;
   const auto num_pages = static_cast<size_t>(ceil_div(parent.num_computed_tokens, tpp));
@@ -268,7 +269,7 @@ int32_t KVCacheCore::clear_prefix_cache() {
   int32_t num_evicted = 0;
   for (int32_t page = allocator_.lru_front(); page >= 0; page = allocator_.lru_front()) {
     index_.erase_page(page);
-    allocator_.uncache(page);
+    allocator_.unregister(page);
     ++num_evicted;
   }
   return num_evicted;
@@ -288,7 +289,7 @@ void KVCacheCore::check_invariants() const {
       if (allocator_.owner(page) != s.member) fail("page owned by another member");
     }
     if (s.num_computed_tokens > static_cast<int64_t>(s.block_table.size()) * tpp) {
-      fail(seq_name(id) + " computed beyond its pages");
+      fail(request_name(id) + " computed beyond its pages");
     }
   }
   for (int32_t p = 0; p < allocator_.num_pages(); ++p) {
@@ -296,7 +297,7 @@ void KVCacheCore::check_invariants() const {
       fail("page " + std::to_string(p) + " refcount " + std::to_string(allocator_.refcount(p)) +
            " != " + std::to_string(refs[p]) + " references");
     }
-    if (index_.contains_page(p) != allocator_.is_cached(p)) {
+    if (index_.contains_page(p) != allocator_.is_registered(p)) {
       fail("page " + std::to_string(p) + " cached flag disagrees with the index");
     }
   }

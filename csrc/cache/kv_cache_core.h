@@ -61,8 +61,8 @@ struct Sequence {
 class KVCacheCore {
  public:
   // hash_seed = 0 draws a random SipHash key (the default); any other value is reproducible.
-  // With enable_caching = false no page is ever registered, so nothing is ever reused.
-  explicit KVCacheCore(int32_t num_pages, uint64_t hash_seed = 0, bool enable_caching = true);
+  // With enable_prefix_caching = false no page is ever registered, so nothing is ever reused.
+  explicit KVCacheCore(int32_t num_pages, uint64_t hash_seed = 0, bool enable_prefix_caching = true);
 
   int32_t register_member(const std::string& name, int32_t tokens_per_page);
   int32_t num_members() const { return static_cast<int32_t>(members_.size()); }
@@ -70,27 +70,27 @@ class KVCacheCore {
 
   // use_prefix_cache = false: the sequence computes every token (e.g. to score all of
   // them); its full pages are still registered for others.
-  void add_sequence(int64_t seq_id, int32_t member_id, const int32_t* token_ids, size_t n,
+  void add_sequence(int64_t request_id, int32_t member_id, const int32_t* token_ids, size_t n,
                     bool use_prefix_cache = true);
-  void append_tokens(int64_t seq_id, const int32_t* token_ids, size_t n);
-  bool has_sequence(int64_t seq_id) const { return seqs_.count(seq_id) != 0; }
-  const Sequence& sequence(int64_t seq_id) const;
+  void append_tokens(int64_t request_id, const int32_t* token_ids, size_t n);
+  bool has_sequence(int64_t request_id) const { return seqs_.count(request_id) != 0; }
+  const Sequence& sequence(int64_t request_id) const;
   size_t num_sequences() const { return seqs_.size(); }
 
   // Tokens of the sequence's prompt found in the prefix cache: page-aligned, and at least one
   // token is always left to compute (its logits are needed). 0 once the sequence allocated.
-  int32_t num_cached_tokens(int64_t seq_id);
-  // Whether allocate(seq_id, num_new_tokens) would succeed now.
-  bool can_allocate(int64_t seq_id, int32_t num_new_tokens);
+  int32_t num_cached_tokens(int64_t request_id);
+  // Whether allocate(request_id, num_new_tokens) would succeed now.
+  bool can_allocate(int64_t request_id, int32_t num_new_tokens);
   // Ensures pages for num_computed_tokens + num_new_tokens tokens. The first call takes the
   // cached prefix (refcount + 1) and sets num_computed_tokens to its length. Returns false
-  // and changes nothing when too few pages are free or evictable; throws ValueError when the
+  // and changes nothing when too few pages are free or cached; throws ValueError when the
   // pool could never hold the sequence.
-  bool allocate(int64_t seq_id, int32_t num_new_tokens);
+  bool allocate(int64_t request_id, int32_t num_new_tokens);
   // Marks num_tokens more tokens as computed and registers the pages they fill.
-  void commit(int64_t seq_id, int32_t num_tokens);
+  void commit(int64_t request_id, int32_t num_tokens);
   // Releases the sequence: cached pages go to the LRU queue, the others to the free queue.
-  void free(int64_t seq_id);
+  void free(int64_t request_id);
   // A new sequence child_id with parent_id's tokens and computed pages, shared (refcount
   // + 1): the candidates of one prompt are prefilled once. A partially computed last page
   // cannot be shared (both would write their next tokens into it): the child gets a fresh
@@ -104,12 +104,12 @@ class KVCacheCore {
   int32_t tokens_per_page(int32_t member_id) const { return member(member_id).tokens_per_page; }
   const PageAllocator& allocator() const { return allocator_; }
   size_t num_indexed_pages() const { return index_.size(); }
-  bool caching_enabled() const { return enable_caching_; }
+  bool prefix_caching_enabled() const { return enable_prefix_caching_; }
   // Verifies allocator, index and that refcounts equal block-table references.
   void check_invariants() const;
 
  private:
-  Sequence& seq(int64_t seq_id);
+  Sequence& seq(int64_t request_id);
   void memoize_keys(Sequence& s, int32_t num_pages);
   // Physical pages of the longest cached prefix (capped to leave one token to compute).
   std::vector<int32_t> lookup(Sequence& s);
@@ -122,11 +122,11 @@ class KVCacheCore {
 
   PageAllocator allocator_;
   PrefixIndex index_;
-  bool enable_caching_;
+  bool enable_prefix_caching_;
   SipKey key_;
   std::vector<MemberInfo> members_;                    // {member_id: info}
   std::unordered_map<std::string, int32_t> member_ids_; // {name: member_id}
-  std::unordered_map<int64_t, Sequence> seqs_;          // {seq_id: sequence}
+  std::unordered_map<int64_t, Sequence> seqs_;          // {request_id: sequence}
 };
 
 }  // namespace blendrt

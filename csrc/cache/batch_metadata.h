@@ -23,14 +23,13 @@ struct BatchMetadata {
   std::vector<int32_t> slot_mapping;  // [T] page_id * tokens_per_page + position % tokens_per_page
   std::vector<int32_t> block_tables;  // [B, W] page ids, padded with -1
   std::vector<int32_t> cu_seqlens_q;  // [B + 1] cumulative new-token counts
-  std::vector<int32_t> cu_seqlens_k;  // [B + 1] cumulative context lengths
   std::vector<int32_t> context_lens;  // [B] tokens attended to after this step (cached + new)
   std::vector<int32_t> logits_indices;// [B] row of each sequence's last new token
 };
 
 // All sequences must belong to one member and have their pages allocated; num_new_tokens
 // must be >= 1. min_block_table_width pads W (e.g. to a fixed width for CUDA graphs).
-BatchMetadata build_batch_metadata(const KVCacheCore& core, const int64_t* seq_ids,
+BatchMetadata build_batch_metadata(const KVCacheCore& core, const int64_t* request_ids,
                                    const int32_t* num_new_tokens, int32_t num_seqs,
                                    int32_t min_block_table_width = 0);
 

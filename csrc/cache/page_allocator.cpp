@@ -10,7 +10,7 @@ PageAllocator::PageAllocator(int32_t num_pages) {
     throw std::invalid_argument("num_pages must be positive, got " + std::to_string(num_pages));
   }
   refcount_.assign(num_pages, 0);
-  cached_.assign(num_pages, 0);
+  registered_.assign(num_pages, 0);
   owner_.assign(num_pages, kNone);
   lru_prev_.assign(num_pages, kNone);
   lru_next_.assign(num_pages, kNone);
@@ -26,7 +26,7 @@ int32_t PageAllocator::check(int32_t page) const {
   return page;
 }
 
-bool PageAllocator::is_evictable(int32_t page) const { return in_lru_[check(page)] != 0; }
+bool PageAllocator::is_cached(int32_t page) const { return in_lru_[check(page)] != 0; }
 
 void PageAllocator::bump(std::vector<int64_t>& v, int32_t owner, int64_t delta) {
   if (owner < 0) return;
@@ -41,8 +41,8 @@ void PageAllocator::lru_push_back(int32_t page) {
   lru_tail_ = page;
   if (lru_head_ == kNone) lru_head_ = page;
   in_lru_[page] = 1;
-  ++num_evictable_;
-  bump(evictable_, owner_[page], +1);
+  ++num_cached_;
+  bump(cached_of_, owner_[page], +1);
 }
 
 void PageAllocator::lru_remove(int32_t page) {
@@ -52,8 +52,8 @@ void PageAllocator::lru_remove(int32_t page) {
   (next != kNone ? lru_prev_[next] : lru_tail_) = prev;
   lru_prev_[page] = lru_next_[page] = kNone;
   in_lru_[page] = 0;
-  --num_evictable_;
-  bump(evictable_, owner_[page], -1);
+  --num_cached_;
+  bump(cached_of_, owner_[page], -1);
 }
 
 int32_t PageAllocator::take(int32_t owner, bool* evicted) {
@@ -66,7 +66,7 @@ int32_t PageAllocator::take(int32_t owner, bool* evicted) {
     // NOTE: cached pages are reused only when no free page is left, oldest first.
     page = lru_head_;
     lru_remove(page);
-    cached_[page] = 0;
+    registered_[page] = 0;
     *evicted = true;
   } else {
     throw std::logic_error("PageAllocator::take: no page available");
@@ -96,7 +96,7 @@ void PageAllocator::unref(int32_t page) {
   }
   if (--refcount_[page] > 0) return;
   bump(in_use_, owner_[page], -1);
-  if (cached_[page]) {
+  if (registered_[page]) {
     lru_push_back(page);
   } else {
     owner_[page] = kNone;
@@ -104,16 +104,16 @@ void PageAllocator::unref(int32_t page) {
   }
 }
 
-void PageAllocator::set_cached(int32_t page) {
+void PageAllocator::set_registered(int32_t page) {
   if (refcount_[check(page)] == 0) {
-    throw std::logic_error("set_cached on unreferenced page " + std::to_string(page));
+    throw std::logic_error("set_registered on unreferenced page " + std::to_string(page));
   }
-  cached_[page] = 1;
+  registered_[page] = 1;
 }
 
-void PageAllocator::uncache(int32_t page) {
+void PageAllocator::unregister(int32_t page) {
   check(page);
-  cached_[page] = 0;
+  registered_[page] = 0;
   if (in_lru_[page]) {
     lru_remove(page);
     owner_[page] = kNone;
@@ -123,7 +123,7 @@ void PageAllocator::uncache(int32_t page) {
 
 std::vector<int32_t> PageAllocator::lru_order() const {
   std::vector<int32_t> order;
-  order.reserve(num_evictable_);
+  order.reserve(num_cached_);
   for (int32_t p = lru_head_; p != kNone; p = lru_next_[p]) order.push_back(p);
   return order;
 }
@@ -134,27 +134,27 @@ void PageAllocator::check_invariants() const {
   std::vector<int> seen(n, 0);
   for (int32_t p : free_queue_) {
     if (p < 0 || p >= n) fail("free queue holds bad id " + std::to_string(p));
-    if (refcount_[p] != 0 || cached_[p] || in_lru_[p] || owner_[p] != kNone) {
+    if (refcount_[p] != 0 || registered_[p] || in_lru_[p] || owner_[p] != kNone) {
       fail("free page " + std::to_string(p) + " is referenced, cached or owned");
     }
     ++seen[p];
   }
   int32_t count = 0;
   int32_t prev = kNone;
-  std::vector<int64_t> evictable(evictable_.size(), 0);
+  std::vector<int64_t> cached(cached_of_.size(), 0);
   for (int32_t p = lru_head_; p != kNone; p = lru_next_[p]) {
     if (++count > n) fail("LRU list has a cycle");
     if (lru_prev_[p] != prev) fail("LRU back link broken at page " + std::to_string(p));
-    if (refcount_[p] != 0 || !cached_[p] || !in_lru_[p]) {
+    if (refcount_[p] != 0 || !registered_[p] || !in_lru_[p]) {
       fail("LRU page " + std::to_string(p) + " is referenced or not cached");
     }
-    if (owner_[p] >= static_cast<int32_t>(evictable.size())) fail("LRU page owner unknown");
-    if (owner_[p] >= 0) ++evictable[owner_[p]];
+    if (owner_[p] >= static_cast<int32_t>(cached.size())) fail("LRU page owner unknown");
+    if (owner_[p] >= 0) ++cached[owner_[p]];
     ++seen[p];
     prev = p;
   }
   if (prev != lru_tail_) fail("LRU tail mismatch");
-  if (count != num_evictable_) fail("evictable count mismatch");
+  if (count != num_cached_) fail("cached count mismatch");
   std::vector<int64_t> in_use(in_use_.size(), 0);
   for (int32_t p = 0; p < n; ++p) {
     if (refcount_[p] < 0) fail("negative refcount on page " + std::to_string(p));
@@ -168,7 +168,7 @@ void PageAllocator::check_invariants() const {
     }
   }
   if (in_use != in_use_) fail("per-owner in-use counters mismatch");
-  if (evictable != evictable_) fail("per-owner evictable counters mismatch");
+  if (cached != cached_of_) fail("per-owner cached counters mismatch");
 }
 
 }  // namespace blendrt

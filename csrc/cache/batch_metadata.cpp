@@ -6,7 +6,7 @@
 
 namespace blendrt {
 
-BatchMetadata build_batch_metadata(const KVCacheCore& core, const int64_t* seq_ids,
+BatchMetadata build_batch_metadata(const KVCacheCore& core, const int64_t* request_ids,
                                    const int32_t* num_new_tokens, int32_t num_seqs,
                                    int32_t min_block_table_width) {
   if (num_seqs <= 0) throw std::invalid_argument("a batch needs at least one sequence");
@@ -15,7 +15,6 @@ BatchMetadata build_batch_metadata(const KVCacheCore& core, const int64_t* seq_i
   BatchMetadata md;
   md.num_seqs = num_seqs;
   md.cu_seqlens_q.assign(num_seqs + 1, 0);
-  md.cu_seqlens_k.assign(num_seqs + 1, 0);
   md.context_lens.resize(num_seqs);
   md.logits_indices.resize(num_seqs);
 
@@ -25,12 +24,12 @@ BatchMetadata build_batch_metadata(const KVCacheCore& core, const int64_t* seq_i
   int64_t num_tokens = 0;
   int64_t num_kv = 0;
   for (int32_t b = 0; b < num_seqs; ++b) {
-    const Sequence& s = core.sequence(seq_ids[b]);
+    const Sequence& s = core.sequence(request_ids[b]);
     seqs[b] = &s;
     if (member < 0) member = s.member;
     if (s.member != member) {
       throw std::invalid_argument("a batch holds one member's sequences: sequence " +
-                                  std::to_string(seq_ids[b]) + " is of member " +
+                                  std::to_string(request_ids[b]) + " is of member " +
                                   core.member(s.member).name + ", not " +
                                   core.member(member).name);
     }
@@ -40,7 +39,7 @@ BatchMetadata build_batch_metadata(const KVCacheCore& core, const int64_t* seq_i
         static_cast<int64_t>(s.block_table.size()) * core.tokens_per_page(member);
     if (n <= 0 || end > capacity || end > static_cast<int64_t>(s.token_ids.size())) {
       throw std::invalid_argument(
-          "sequence " + std::to_string(seq_ids[b]) + ": cannot schedule " + std::to_string(n) +
+          "sequence " + std::to_string(request_ids[b]) + ": cannot schedule " + std::to_string(n) +
           " new tokens (" + std::to_string(s.num_computed_tokens) + " computed, " +
           std::to_string(capacity) + " allocated, " + std::to_string(s.token_ids.size()) +
           " known)");
@@ -76,7 +75,6 @@ BatchMetadata build_batch_metadata(const KVCacheCore& core, const int64_t* seq_i
     std::copy(s.block_table.begin(), s.block_table.end(),
               md.block_tables.begin() + static_cast<size_t>(b) * width);
     md.cu_seqlens_q[b + 1] = t;
-    md.cu_seqlens_k[b + 1] = md.cu_seqlens_k[b] + end;
     md.context_lens[b] = end;
     md.logits_indices[b] = t - 1;
   }

@@ -135,7 +135,7 @@ void attend(const PagedAttentionArgs& a, int32_t seq, int h_begin, int h_end, Sc
 template <typename T>
 void run(const PagedAttentionArgs& a) {
   int64_t work = 0;
-  for (int64_t i = 0; i < a.num_seq_ids; ++i) work += a.context_lens[a.seq_ids[i]];
+  for (int64_t i = 0; i < a.num_seq_indices; ++i) work += a.context_lens[a.seq_indices[i]];
   work *= static_cast<int64_t>(a.num_q_heads) * a.head_dim;
   // NOTE: helpers cost tens of microseconds to start and, inside a torch process, share the
   // cores with OpenMP workers that spin for a while after each parallel op. Measured on a
@@ -147,9 +147,9 @@ void run(const PagedAttentionArgs& a) {
   // back; heads are split only when there are too few sequences to keep the threads busy.
   const int64_t wanted = num_threads == 1 ? 1 : 4 * num_threads;
   const int64_t num_blocks = std::min<int64_t>(
-      a.num_kv_heads, std::max<int64_t>(1, (wanted + a.num_seq_ids - 1) / a.num_seq_ids));
+      a.num_kv_heads, std::max<int64_t>(1, (wanted + a.num_seq_indices - 1) / a.num_seq_indices));
   const int64_t heads_per_block = (a.num_kv_heads + num_blocks - 1) / num_blocks;
-  const int64_t num_items = a.num_seq_ids * num_blocks;
+  const int64_t num_items = a.num_seq_indices * num_blocks;
   std::atomic<int64_t> next{0};
   std::mutex error_mutex;
   std::exception_ptr error;  // the first exception of any thread, rethrown after the join
@@ -160,7 +160,7 @@ void run(const PagedAttentionArgs& a) {
         const int h_begin = static_cast<int>((item % num_blocks) * heads_per_block);
         const int h_end = static_cast<int>(
             std::min<int64_t>(a.num_kv_heads, h_begin + heads_per_block));
-        if (h_begin < h_end) attend<T>(a, a.seq_ids[item / num_blocks], h_begin, h_end, scratch);
+        if (h_begin < h_end) attend<T>(a, a.seq_indices[item / num_blocks], h_begin, h_end, scratch);
       }
     } catch (...) {
       next = num_items;
@@ -184,8 +184,8 @@ void paged_attention_cpu(const PagedAttentionArgs& a) {
   if (a.head_dim <= 0 || a.tokens_per_page <= 0) {
     throw std::invalid_argument("head_dim and tokens_per_page must be positive");
   }
-  for (int64_t i = 0; i < a.num_seq_ids; ++i) {
-    const int32_t seq = a.seq_ids[i];
+  for (int64_t i = 0; i < a.num_seq_indices; ++i) {
+    const int32_t seq = a.seq_indices[i];
     if (seq < 0 || seq >= a.num_seqs) {
       throw std::invalid_argument("sequence id " + std::to_string(seq) + " out of range [0, " +
                                   std::to_string(a.num_seqs) + ")");

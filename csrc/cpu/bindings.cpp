@@ -1,0 +1,99 @@
+// Bindings of the CPU kernels over raw buffers; blendrt/ops/cpu/ checks every tensor behind
+// the pointers before calling them.
+#include "bindings.h"
+#include "cpu_attention.h"
+
+namespace blendrt {
+
+void bind_cpu(py::module_& m) {
+  py::enum_<StorageType>(m, "StorageType", "Element type of the pool and the K/V/q rows")
+      .value("float32", StorageType::kFloat32)
+      .value("float16", StorageType::kFloat16)
+      .value("bfloat16", StorageType::kBFloat16);
+
+  m.def(
+      "paged_attention_cpu",
+      [](uintptr_t out, uintptr_t q, uintptr_t k_cache, uintptr_t v_cache, int64_t num_pages,
+         int64_t page_stride, int64_t token_stride, int64_t head_stride,
+         const I32Array& block_tables, const I32Array& cu_seqlens_q,
+         const I32Array& context_lens, const I32Array& seq_indices, int32_t num_q_heads,
+         int32_t num_kv_heads, int32_t head_dim, int32_t tokens_per_page, float scale,
+         StorageType dtype, int32_t num_threads) {
+        if (block_tables.ndim() != 2) throw std::invalid_argument("block_tables must be 2-D");
+        const py::ssize_t num_seqs = block_tables.shape(0);
+        if (cu_seqlens_q.ndim() != 1 || cu_seqlens_q.size() != num_seqs + 1 ||
+            context_lens.ndim() != 1 || context_lens.size() != num_seqs) {
+          throw std::invalid_argument("cu_seqlens_q must be [B + 1] and context_lens [B]");
+        }
+        const I32Array ids = flat(seq_indices, "seq_indices");
+        PagedAttentionArgs args{
+            reinterpret_cast<void*>(out),
+            reinterpret_cast<const void*>(q),
+            reinterpret_cast<const void*>(k_cache),
+            reinterpret_cast<const void*>(v_cache),
+            num_pages,
+            page_stride,
+            token_stride,
+            head_stride,
+            num_seqs,
+            block_tables.data(),
+            block_tables.shape(1),
+            cu_seqlens_q.data(),
+            context_lens.data(),
+            ids.data(),
+            ids.size(),
+            num_q_heads,
+            num_kv_heads,
+            head_dim,
+            tokens_per_page,
+            scale,
+            dtype,
+            std::max(num_threads, 1)};
+        py::gil_scoped_release release;
+        paged_attention_cpu(args);
+      },
+      py::arg("out"), py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
+      py::arg("num_pages"), py::arg("page_stride"), py::arg("token_stride"),
+      py::arg("head_stride"), py::arg("block_tables"), py::arg("cu_seqlens_q"),
+      py::arg("context_lens"), py::arg("seq_indices"), py::arg("num_q_heads"),
+      py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("tokens_per_page"),
+      py::arg("scale"), py::arg("dtype"), py::arg("num_threads"),
+      "Paged attention over raw CPU buffers; use blendrt.ops.cpu.attention, which checks "
+      "the tensors behind the pointers.");
+
+  m.def(
+      "store_kv_cpu",
+      [](uintptr_t k, uintptr_t v, int64_t k_row_stride, int64_t v_row_stride,
+         uintptr_t k_cache, uintptr_t v_cache, int64_t num_pages, int64_t page_stride,
+         int64_t token_stride, int64_t head_stride, const I32Array& slot_mapping,
+         int32_t num_kv_heads, int32_t head_dim, int32_t tokens_per_page, StorageType dtype) {
+        const I32Array slots = flat(slot_mapping, "slot_mapping");
+        StoreKVArgs args{reinterpret_cast<const void*>(k),
+                                  reinterpret_cast<const void*>(v),
+                                  k_row_stride,
+                                  v_row_stride,
+                                  reinterpret_cast<void*>(k_cache),
+                                  reinterpret_cast<void*>(v_cache),
+                                  num_pages,
+                                  page_stride,
+                                  token_stride,
+                                  head_stride,
+                                  slots.data(),
+                                  slots.size(),
+                                  num_kv_heads,
+                                  head_dim,
+                                  tokens_per_page,
+                                  dtype};
+        py::gil_scoped_release release;
+        store_kv_cpu(args);
+      },
+      py::arg("k"), py::arg("v"), py::arg("k_row_stride"), py::arg("v_row_stride"),
+      py::arg("k_cache"), py::arg("v_cache"), py::arg("num_pages"), py::arg("page_stride"),
+      py::arg("token_stride"), py::arg("head_stride"), py::arg("slot_mapping"),
+      py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("tokens_per_page"),
+      py::arg("dtype"),
+      "Stores K/V rows into pool slots over raw CPU buffers; use "
+      "blendrt.ops.cpu.store_kv, which checks the tensors behind the pointers.");
+}
+
+}  // namespace blendrt
