@@ -145,7 +145,7 @@ class PyCache:
         positions: list[int] = []
         slots: list[int] = []
         tables: list[list[int]] = []
-        cu_q, cu_k, context_lens, last = [0], [0], [], []
+        cu_q, context_lens, last = [0], [], []
         query_lens = num_new_tokens.tolist()
         for sid, n in zip(request_ids.tolist(), query_lens, strict=True):
             s = self.seqs[sid]
@@ -156,14 +156,13 @@ class PyCache:
                 slots.append(s.block_table[pos // tpp] * tpp + pos % tpp)
             tables.append(s.block_table)
             cu_q.append(len(ids))
-            cu_k.append(cu_k[-1] + start + n)
             context_lens.append(start + n)
             last.append(len(ids) - 1)
         block_tables = np.full((len(tables), max(map(len, tables))), -1, np.int32)
         for b, table in enumerate(tables):
             block_tables[b, : len(table)] = table
         arrays = [np.array(a, np.int32) for a in (ids, positions, slots)]
-        arrays += [block_tables] + [np.array(a, np.int32) for a in (cu_q, cu_k, context_lens, last)]
+        arrays += [block_tables] + [np.array(a, np.int32) for a in (cu_q, context_lens, last)]
         return BatchMetadata(*arrays, max(query_lens), max(context_lens))
 
 
