@@ -5,7 +5,7 @@ exactly as a lone request would. Log-probabilities, logit_bias, min_tokens, igno
 from __future__ import annotations
 
 import pytest
-from conftest import generated_ids, greedy, make_engine, run_all
+from members import generated_ids, greedy, make_engine, run_all
 from scoring import score
 
 from blendrt.sampling import SamplingParams

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from checkpoints import VOCAB
-from conftest import generated_ids, greedy, make_engine, run_all
+from members import generated_ids, greedy, make_engine, run_all
 
 from blendrt.sampling import SamplingParams
 

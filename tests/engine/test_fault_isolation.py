@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import greedy, make_engine, run_all
+from members import greedy, make_engine, run_all
 
 import blendrt.engine.sampler as sampler_module
 from blendrt import Blend, EngineConfig, Member

@@ -1,4 +1,4 @@
-"""Paged attention on the CPU through the C++ core (`csrc/cpu_attention.cpp`).
+"""Paged attention on the CPU through the C++ core (`csrc/cpu/cpu_attention.cpp`).
 
 The launcher checks every tensor behind the raw pointers it hands to C++ (device, dtype,
 shape, strides) so that bad input raises here, never reads out of bounds there. The kernel

@@ -1,12 +1,8 @@
-"""Three tiny random members of different architectures and geometries, and helpers to run
-an engine over them synchronously."""
+"""Three tiny random members of different architectures and geometries (the `member_folders`
+fixture of tests/conftest.py), and helpers to run an engine over them synchronously.
+Imported by tests as `members`."""
 
 from __future__ import annotations
-
-from pathlib import Path
-
-import pytest
-from checkpoints import make_checkpoint
 
 from blendrt import EngineConfig, load_model
 from blendrt.engine.engine import LLMEngine
@@ -20,16 +16,6 @@ MEMBER_SPECS = {
     "gptj": ("GPTJConfig", dict()),
     "mha": ("LlamaConfig", dict(num_key_value_heads=4, num_hidden_layers=3)),
 }
-
-
-@pytest.fixture(scope="session")
-def member_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, object]]:
-    """{name: (folder, the transformers model)}."""
-    out = {}
-    for i, (name, (kind, overrides)) in enumerate(MEMBER_SPECS.items()):
-        folder = tmp_path_factory.mktemp(name)
-        out[name] = (folder, make_checkpoint(folder, kind, seed=10 + i, context=1024, **overrides))
-    return out
 
 
 def make_engine(member_folders: dict, **config: object) -> LLMEngine:

@@ -9,7 +9,7 @@ import random
 import threading
 
 import pytest
-from conftest import greedy
+from members import greedy
 
 import blendrt
 from blendrt import Blend, EngineConfig, Member, SamplingParams
