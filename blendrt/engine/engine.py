@@ -23,6 +23,7 @@ from blendrt.engine.request import Request, RequestOutput, TokenLogprob
 from blendrt.engine.sampler import Target, sample_isolated
 from blendrt.engine.scheduler import ScheduledBatch, Scheduler
 from blendrt.engine.tracker import EngineCounters, RequestTracker
+from blendrt.models.config import serving_window
 from blendrt.models.loaded import LoadedModel
 from blendrt.models.runner import ModelRunner
 from blendrt.sampling import SamplingParams
@@ -79,8 +80,8 @@ class LLMEngine:
     # ---- requests ------------------------------------------------------------------------
 
     def max_model_len(self, member: str) -> int:
-        limit = self.models[member].config.max_position_embeddings
-        return min(limit, self.config.max_model_len or limit)
+        declared = self.models[member].config.max_position_embeddings
+        return serving_window(declared, self.config.max_model_len)
 
     def _check(self, member: str, prompt_token_ids: list[int], max_tokens: int | None) -> list[int]:
         """The prompt as ints, if it can ever run: `max_tokens` more tokens (None: until the

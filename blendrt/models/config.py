@@ -216,7 +216,7 @@ def _llama_config(
     if hf.get("head_dim") is None and hidden % heads:
         raise ValueError(f"config.json: hidden_size {hidden} is not a multiple of {heads} heads")
     head_dim = _int(hf, "head_dim", default=hidden // heads)
-    context = _context(_int(hf, "max_position_embeddings", default=2048), max_model_len)
+    context = serving_window(_int(hf, "max_position_embeddings", default=2048), max_model_len)
     window = hf.get("sliding_window")
     if window is not None and window < context:
         raise ValueError(
@@ -244,8 +244,9 @@ def _llama_config(
     )
 
 
-def _context(declared: int, max_model_len: int | None) -> int:
-    """The serving window: the declared positions, capped by max_model_len."""
+def serving_window(declared: int, max_model_len: int | None) -> int:
+    """The serving window: the declared positions, capped by max_model_len (the one place
+    the cap is applied: model configs at load, the engine for members loaded without it)."""
     return min(declared, max_model_len) if max_model_len else declared
 
 
@@ -268,7 +269,9 @@ def _gptj_config(
         num_kv_heads=heads,
         head_dim=head_dim,
         intermediate_size=_int(hf, "n_inner", default=4 * hidden),
-        max_position_embeddings=_context(_int(hf, "n_positions", default=2048), max_model_len),
+        max_position_embeddings=serving_window(
+            _int(hf, "n_positions", default=2048), max_model_len
+        ),
         rope=RopeConfig(rotary_dim=_int(hf, "rotary_dim", default=head_dim), interleaved=True),
         norm_eps=_float(hf, "layer_norm_epsilon", 1e-5),
         tie_word_embeddings=_bool(hf, "tie_word_embeddings"),

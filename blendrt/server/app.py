@@ -18,24 +18,22 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from starlette.exceptions import HTTPException
+from fastapi.responses import PlainTextResponse, Response
 
 import blendrt
 from blendrt.blend import Blend
 from blendrt.server import completions
 from blendrt.server.body_limit import BodyLimitMiddleware
+from blendrt.server.errors import APIError
+from blendrt.server.handlers import InternalErrorMiddleware, add_error_handlers
 from blendrt.server.protocol import (
-    APIError,
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeChatRequest,
     TokenizeCompletionRequest,
     blend_messages,
-    from_validation_errors,
 )
 from blendrt.server.schemas import (
     ChatCompletionResponse,
@@ -118,7 +116,7 @@ def create_app(
         max_bytes=max_body_bytes,
         on_reject=lambda: state.metrics.count("any", 413),
     )
-    _add_error_handlers(app, state)
+    add_error_handlers(app, state)
     app.openapi = lambda: _openapi(app, state)  # type: ignore[method-assign]
 
     @app.get("/health", response_model=HealthResponse, responses=_ERRORS)
@@ -235,53 +233,3 @@ def _one_member(state: ServerState, model: str, path: str) -> str:
             400, f"{path} needs a member's name as model: tokens are per member", param="model"
         )
     return member
-
-
-def _add_error_handlers(app: FastAPI, state: ServerState) -> None:
-    def answer(request: Request, e: APIError) -> JSONResponse:
-        state.metrics.count(request.url.path, e.status)
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, e: APIError) -> JSONResponse:
-        return answer(request, e)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-        return answer(request, from_validation_errors(list(e.errors())))
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
-        # 404 for unknown paths, 405 (with its Allow header) for unsupported methods
-        error = APIError(e.status_code, str(e.detail), headers=dict(e.headers or {}))
-        return answer(request, error)
-
-
-class InternalErrorMiddleware:
-    """ASGI: an exception no handler took is a bug: logged once with its traceback, counted,
-    and answered as a 500 error object (instead of uvicorn's bare 500 and second log)."""
-
-    def __init__(self, app: Any, state: ServerState) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as e:
-            logger.error("internal error on %s", scope.get("path"), exc_info=e)
-            self.state.metrics.count(scope.get("path", "any"), 500)
-            if started:  # the answer is on its way: nothing more can be said
-                return
-            error = APIError(500, f"internal error: {type(e).__name__}", kind="server_error")
-            await JSONResponse(error.body(), status_code=500)(scope, receive, send)

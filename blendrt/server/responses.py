@@ -10,14 +10,21 @@ from typing import Any
 from pydantic import BaseModel
 
 from blendrt.engine.request import TokenLogprob
+from blendrt.server.call import Call
 from blendrt.server.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionResponse,
     ChatLogprobs,
+    CompletionChoice,
     CompletionLogprobs,
+    CompletionResponse,
     PromptTokensDetails,
     TokenLogprobInfo,
     TopLogprob,
     UsageInfo,
 )
+from blendrt.server.state import ServerState
 from blendrt.tokenizer.tokenizer import Tokenizer
 from blendrt.turn import Reply
 
@@ -97,3 +104,57 @@ def sse(body: BaseModel | dict[str, Any]) -> str:
     """One server-sent event holding a response model (or an error object) as JSON."""
     data = body.model_dump_json() if isinstance(body, BaseModel) else json.dumps(body)
     return f"data: {data}\n\n"
+
+
+def chat_body(state: ServerState, call: Call, replies: list[Reply]) -> ChatCompletionResponse:
+    text = TokenText(state.blend.tokenizer(replies[0].member))
+    choices = [
+        ChatChoice(
+            index=call.choice_index(t, j),
+            message=AssistantMessage(content=c.text),
+            finish_reason=finish_reason(c.finish_reason),
+            logprobs=chat_logprobs(text, c.logprobs)
+            if call.body.num_top_logprobs() is not None
+            else None,
+        )
+        for t, reply in enumerate(replies)
+        for j, c in enumerate(reply.candidates)
+    ]
+    return ChatCompletionResponse(
+        id=call.id,
+        created=call.created,
+        model=replies[0].member,
+        choices=choices,
+        usage=usage(replies),
+    )
+
+
+def completion_body(state: ServerState, call: Call, replies: list[Reply]) -> CompletionResponse:
+    text = TokenText(state.blend.tokenizer(replies[0].member))
+    choices = []
+    for t, reply in enumerate(replies):
+        prefix = call.echo[t] if call.echo else ""
+        for j, c in enumerate(reply.candidates):
+            logprobs = None
+            if call.body.num_top_logprobs() is not None:
+                ids, lps = [], []
+                if call.echo_logprobs is not None:
+                    ids, lps = list(call.turns[t].prompt_ids), list(call.echo_logprobs[t])
+                ids += [lp.token_id for lp in c.logprobs]
+                lps += list(c.logprobs)
+                logprobs = completion_logprobs(text, lps, ids)
+            choices.append(
+                CompletionChoice(
+                    index=call.choice_index(t, j),
+                    text=prefix + c.text,
+                    finish_reason=finish_reason(c.finish_reason),
+                    logprobs=logprobs,
+                )
+            )
+    return CompletionResponse(
+        id=call.id,
+        created=call.created,
+        model=replies[0].member,
+        choices=choices,
+        usage=usage(replies),
+    )

@@ -9,8 +9,8 @@ from starlette.requests import HTTPConnection
 
 from blendrt.blend import Blend
 from blendrt.blend_stream import BlendStream
+from blendrt.server.errors import APIError
 from blendrt.server.metrics import ServerMetrics
-from blendrt.server.protocol import APIError
 
 RETRY_AFTER_SECONDS = 1  # what a 429 or 503 tells the client to wait
 
