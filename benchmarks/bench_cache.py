@@ -47,12 +47,18 @@ class PySeq:
 class PyCache:
     """The core's bookkeeping as a straightforward Python engine would write it."""
 
+    MAX_CHILDREN_SCANNED = 256  # most recent first, as the core
+
     def __init__(self, num_pages: int) -> None:
         self.free_pages = deque(range(num_pages))  # taken from the front, returned to the back
         self.refcount = [0] * num_pages
         self.lru: OrderedDict[int, None] = OrderedDict()  # cached unreferenced, oldest first
-        self.index: dict[int, int] = {}  # {page key: page id}
-        self.key_of_page: dict[int, int] = {}  # {page id: page key} of the cached pages
+        self.index: dict[int, int] = {}  # {page key: full page id}
+        self.key_of_page: dict[int, int] = {}  # {page id: page key} of the full cached pages
+        self.parent_of: dict[int, int] = {}  # {page id: parent key} of every cached page
+        self.tokens_of: dict[int, list[int]] = {}  # {page id: the tokens it holds}
+        self.children: dict[int, list[int]] = {}  # {parent key: cached pages, oldest first}
+        self.copies: list[tuple[int, int]] = []  # (src, dst) of partial hits since last taken
         self.tpp: dict[str, int] = {}  # {member: tokens per page}
         self.seqs: dict[int, PySeq] = {}
 
@@ -69,48 +75,102 @@ class PyCache:
     def _key(self, s: PySeq, i: int) -> int:
         tpp = self.tpp[s.member]
         while len(s.keys) <= i:
-            j, parent = len(s.keys), s.keys[-1] if s.keys else hash(s.member)  # root: member
-            s.keys.append(hash((parent, tuple(s.tokens[j * tpp : (j + 1) * tpp]))))
+            j = len(s.keys)
+            s.keys.append(hash((self._parent(s, j), tuple(s.tokens[j * tpp : (j + 1) * tpp]))))
         return s.keys[i]
 
-    def _lookup(self, s: PySeq) -> list[int]:
+    def _parent(self, s: PySeq, i: int) -> int:
+        return self._key(s, i - 1) if i else hash(s.member)  # root: the member
+
+    def _register(self, page: int, parent: int, tokens: list[int]) -> None:
+        self.parent_of[page], self.tokens_of[page] = parent, tokens
+        self.children.setdefault(parent, []).append(page)
+
+    def _unregister(self, page: int) -> None:
+        if page in self.key_of_page:
+            del self.index[self.key_of_page.pop(page)]
+        parent = self.parent_of.pop(page)
+        self.children[parent].remove(page)
+        if not self.children[parent]:
+            del self.children[parent]
+        del self.tokens_of[page]
+
+    def _longest_child(self, parent: int, tokens: list[int]) -> tuple[int, int]:
+        best = (-1, 0)
+        for page in reversed(self.children.get(parent, [])[-self.MAX_CHILDREN_SCANNED :]):
+            held, k = self.tokens_of[page], 0
+            while k < min(len(tokens), len(held)) and held[k] == tokens[k]:
+                k += 1
+            if k > best[1]:
+                best = (page, k)
+            if best[1] == len(tokens):
+                break
+        return best
+
+    def _lookup(self, s: PySeq) -> tuple[list[int], int, int]:
+        """(full-page hits, the page a partial hit copies, its number of tokens)."""
+        tpp, reusable = self.tpp[s.member], len(s.tokens) - 1  # leave a token to compute
         hits = []
-        for i in range((len(s.tokens) - 1) // self.tpp[s.member]):  # leave a token to compute
+        for i in range(reusable // tpp):
             page = self.index.get(self._key(s, i))
             if page is None:
                 break
             hits.append(page)
-        return hits
+        start = len(hits) * tpp
+        room = min(tpp, reusable - start)
+        if room <= 0:
+            return hits, -1, 0
+        page, length = self._longest_child(self._parent(s, len(hits)), s.tokens[start:][:room])
+        return hits, page, length
 
     def num_cached_tokens(self, request_id: int) -> int:
         s = self.seqs[request_id]
-        return 0 if s.has_allocated else len(self._lookup(s)) * self.tpp[s.member]
+        if s.has_allocated:
+            return 0
+        hits, _, partial = self._lookup(s)
+        return len(hits) * self.tpp[s.member] + partial
+
+    def _ref(self, page: int) -> None:
+        if self.refcount[page] == 0:
+            del self.lru[page]
+        self.refcount[page] += 1
+
+    def _unref(self, page: int) -> None:
+        self.refcount[page] -= 1
+        if self.refcount[page] == 0:
+            if page in self.parent_of:
+                self.lru[page] = None
+            else:
+                self.free_pages.append(page)
 
     def _take(self) -> int:
         if self.free_pages:
             page = self.free_pages.popleft()
         else:  # evict the oldest cached unreferenced page
             page, _ = self.lru.popitem(last=False)
-            del self.index[self.key_of_page.pop(page)]
+            self._unregister(page)
         self.refcount[page] = 1
         return page
 
     def allocate(self, request_id: int, num_new_tokens: int) -> bool:
         s = self.seqs[request_id]
         tpp = self.tpp[s.member]
-        hits = [] if s.has_allocated else self._lookup(s)
-        num_tokens = s.num_computed + len(hits) * tpp + num_new_tokens
+        hits, src, partial = ([], -1, 0) if s.has_allocated else self._lookup(s)
+        held = hits + [src] * (partial > 0)
+        num_tokens = s.num_computed + len(hits) * tpp + partial + num_new_tokens
         num_new_pages = max(0, -(-num_tokens // tpp) - len(s.block_table) - len(hits))
-        if num_new_pages > len(self.free_pages) + len(self.lru) - sum(p in self.lru for p in hits):
+        if num_new_pages > len(self.free_pages) + len(self.lru) - sum(p in self.lru for p in held):
             return False
         if not s.has_allocated:
-            for page in hits:
-                if self.refcount[page] == 0:
-                    del self.lru[page]
-                self.refcount[page] += 1
+            for page in held:  # referenced first, so taking pages cannot evict them
+                self._ref(page)
             s.block_table, s.has_allocated = hits, True
-            s.num_computed, s.num_registered = len(hits) * tpp, len(hits)
-        s.block_table.extend(self._take() for _ in range(num_new_pages))
+            s.num_computed, s.num_registered = len(hits) * tpp + partial, len(hits)
+        new_pages = [self._take() for _ in range(num_new_pages)]
+        if partial:  # copy on write: the cached page's first tokens into the sequence's own
+            self.copies.append((src, new_pages[0]))
+            self._unref(src)
+        s.block_table.extend(new_pages)
         return True
 
     def allocate_batch(self, request_ids: np.ndarray, num_new_tokens: np.ndarray) -> int:
@@ -120,25 +180,38 @@ class PyCache:
                 return count
         return len(request_ids)
 
+    def take_copies(self) -> list[tuple[int, int]]:
+        copies, self.copies = self.copies, []
+        return copies
+
     def commit_batch(self, request_ids: np.ndarray, num_tokens: np.ndarray) -> None:
         for sid, n in zip(request_ids.tolist(), num_tokens.tolist(), strict=True):
             s = self.seqs[sid]
+            tpp = self.tpp[s.member]
             s.num_computed += n
-            num_full = s.num_computed // self.tpp[s.member]
+            num_full = s.num_computed // tpp
             for i in range(s.num_registered, num_full):
                 key, page = self._key(s, i), s.block_table[i]
                 if key not in self.index:  # a duplicate of a cached page stays uncached
                     self.index[key], self.key_of_page[page] = page, key
+                    self._register(page, self._parent(s, i), s.tokens[i * tpp : (i + 1) * tpp])
             s.num_registered = max(s.num_registered, num_full)
 
     def free(self, request_id: int) -> None:
-        for page in reversed(self.seqs.pop(request_id).block_table):  # last page first
-            self.refcount[page] -= 1
-            if self.refcount[page] == 0:
-                if page in self.key_of_page:
-                    self.lru[page] = None
-                else:
-                    self.free_pages.append(page)
+        s = self.seqs.pop(request_id)
+        tpp = self.tpp[s.member]
+        i, n = divmod(s.num_computed, tpp)
+        if n and i < len(s.block_table):  # offer the partly filled page, unless held already
+            page, tokens = s.block_table[i], s.tokens[i * tpp : i * tpp + n]
+            parent = self._parent(s, i)
+            if (
+                page not in self.parent_of
+                and self.refcount[page] == 1
+                and self._longest_child(parent, tokens)[1] < n
+            ):
+                self._register(page, parent, tokens)
+        for page in reversed(s.block_table):  # last page first
+            self._unref(page)
 
     def build_batch(self, request_ids: np.ndarray, num_new_tokens: np.ndarray) -> BatchMetadata:
         ids: list[int] = []
@@ -240,6 +313,7 @@ class Driver:
             ids = self.ids[slot : slot + 1]
             new = np.array([len(prompt) - cache.num_cached_tokens(slot)], np.int32)
             assert cache.allocate_batch(ids, new) == 1
+            self._emit(cache.take_copies())
             self._emit(cache.build_batch(ids, new))
             cache.commit_batch(ids, new)
 
@@ -268,6 +342,7 @@ class Driver:
         else:
             cache.append_token_batch(ids, sampled)
         assert cache.allocate_batch(ids, new) == len(ids), "pool too small: preempted"
+        self._emit(cache.take_copies())
         for member_slots in wl.slices:
             self._emit(cache.build_batch(ids[member_slots], new[member_slots]))
         cache.commit_batch(ids, new)
@@ -300,10 +375,14 @@ def verify(wl: Workload, num_steps: int, num_pages: int) -> None:
     ref_name, ref = next(iter(sinks.items()))
     for name, got in sinks.items():
         for i, (a, b) in enumerate(zip(ref, got, strict=True)):
+            if isinstance(a, list):  # the page copies of partial hits
+                assert [tuple(c) for c in b] == a, f"{name} vs {ref_name}: copies {i}"
+                continue
             b = b if isinstance(b, dict) else vars(b)
             for key, value in vars(a).items():
                 msg = f"{name} vs {ref_name}: batch {i}, {key}"
                 np.testing.assert_array_equal(b[key], value, err_msg=msg, strict=True)
+    assert sum(len(a) for a in ref if isinstance(a, list)), "no partial hit was exercised"
     py, manager, raw = caches  # free pages and LRU order too
     manager.check_invariants()
     raw.check_invariants()

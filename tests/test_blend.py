@@ -74,9 +74,9 @@ def test_ten_turns_prefill_only_what_each_member_has_not_cached(member_folders, 
         not_cached = len(prompt) - min(held, len(prompt) - 1)
         assert reply.usage.prompt_tokens == len(prompt)
         assert entry["computed"] == len(prompt) - reply.usage.cached_prompt_tokens
-        # Exactly the uncached tokens, rounded to whole cached pages.
-        assert 0 <= entry["computed"] - not_cached < tpp[member]
-        assert reply.usage.cached_prompt_tokens % tpp[member] == 0
+        # Exactly the uncached tokens: reuse is to the token, whatever the tokens per page
+        # (a cached page is reused partly by copying it).
+        assert entry["computed"] == not_cached, (member, tpp[member])
         # The member computed its prompt and all but its last generated token.
         generated = [*reply.token_ids, 0]  # the last sampled token's KV is never computed
         seen[member].append(prompt + generated[: reply.usage.completion_tokens - 1])

@@ -51,10 +51,11 @@ class MemberCacheStats:
     name: str
     tokens_per_page: int
     pages_in_use: int  # referenced by at least one live sequence
-    pages_cached: int  # cached and unreferenced: cached, LRU order
+    pages_cached: int  # registered and unreferenced: reusable, evicted in LRU order
     hit_tokens: int  # prompt tokens served from the prefix cache
     miss_tokens: int  # prompt tokens computed
     num_sequences: int
+    slack_tokens: int  # slots live sequences hold in their pages but have not filled
 
     @property
     def hit_rate(self) -> float:
@@ -175,6 +176,12 @@ class KVCacheManager:
     def free(self, request_id: int) -> None:
         """Releases a sequence; its cached pages stay in the LRU queue for later hits."""
         self._core.free(request_id)
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        """The (src, dst) page copies that allocations since the last call need made on the
+        device before the step's forward: a partial prefix hit reuses a cached page's first
+        tokens by copying it into the sequence's own page."""
+        return self._core.take_copies()
 
     def fork(self, parent_id: int, child_id: int) -> tuple[int, int] | None:
         """A new sequence sharing the parent's tokens and computed pages (n candidates of one

@@ -132,6 +132,8 @@ class Scheduler:
             n = min(request.num_tokens - num_cached, budget)
             if not manager.allocate(rid, n):
                 break  # first come, first served: wait for pages to free up
+            for src, dst in manager.take_copies():  # a partial prefix hit, copied on write
+                self.kv.pools[request.member].copy_page(src, dst)
             self.waiting.popleft()
             if request.num_preemptions == 0:
                 request.num_cached_tokens = num_cached

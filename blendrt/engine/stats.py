@@ -15,6 +15,10 @@ def engine_stats(engine: LLMEngine) -> dict:
         m = s.members[name]
         members[name] = {
             "tokens_per_page": m.tokens_per_page,
+            # page memory the page granularity costs: bytes of each page the member cannot
+            # use, and slots its live sequences hold unfilled
+            "wasted_bytes_per_page": engine.kv.views[name].wasted_bytes_per_page,
+            "slack_tokens": m.slack_tokens,
             "pages_in_use": m.pages_in_use,
             "pages_cached": m.pages_cached,
             "prefix_hit_tokens": m.hit_tokens,

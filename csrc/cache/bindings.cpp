@@ -123,6 +123,7 @@ void bind_cache(py::module_& m) {
           py::arg("request_ids"), py::arg("num_tokens"))
       .def("free", &KVCacheCore::free, py::arg("request_id"))
       .def("fork", &KVCacheCore::fork, py::arg("parent_id"), py::arg("child_id"))
+      .def("take_copies", &KVCacheCore::take_copies)
       .def("clear_prefix_cache", &KVCacheCore::clear_prefix_cache)
       .def(
           "build_batch",
@@ -167,6 +168,7 @@ void bind_cache(py::module_& m) {
             d["hit_tokens"] = m.hit_tokens;
             d["miss_tokens"] = m.miss_tokens;
             d["num_sequences"] = m.num_sequences;
+            d["slack_tokens"] = c.slack_tokens(member_id);
             return d;
           },
           py::arg("member_id"))

@@ -111,24 +111,35 @@ void KVCacheCore::memoize_keys(Sequence& s, int32_t num_pages) {
   }
 }
 
-std::vector<int32_t> KVCacheCore::lookup(Sequence& s) {
+KVCacheCore::Lookup KVCacheCore::lookup(Sequence& s) {
   const int32_t tpp = members_[s.member].tokens_per_page;
   // NOTE: at least the last known token is always computed: its logits are needed.
-  const auto max_pages = static_cast<int32_t>((s.token_ids.size() - 1) / tpp);
-  std::vector<int32_t> hits;
+  const auto reusable = static_cast<int32_t>(s.token_ids.size()) - 1;
+  Lookup found;
+  const int32_t max_pages = reusable / tpp;
   for (int32_t i = 0; i < max_pages; ++i) {
     memoize_keys(s, i + 1);
     const int32_t page = index_.find(s.page_keys[i]);
     if (page < 0) break;
-    hits.push_back(page);
+    found.hits.push_back(page);
   }
-  return hits;
+  // Where the chain of full pages ends, a cached page sharing the next tokens' start (a
+  // partly filled one, or a full one the sequence leaves midway) is reused up to the token.
+  const auto i = static_cast<int32_t>(found.hits.size());
+  const int32_t room = std::min(tpp, reusable - i * tpp);
+  if (room > 0) {
+    const Hash128& parent = i == 0 ? members_[s.member].root : s.page_keys[i - 1];
+    const auto [page, length] = index_.longest_child(parent, s.token_ids.data() + i * tpp, room);
+    found.partial_page = page;
+    found.partial_tokens = length;
+  }
+  return found;
 }
 
 int32_t KVCacheCore::num_cached_tokens(int64_t request_id) {
   Sequence& s = seq(request_id);
   if (s.has_allocated) return 0;
-  return static_cast<int32_t>(lookup(s).size()) * members_[s.member].tokens_per_page;
+  return lookup(s).num_tokens(members_[s.member].tokens_per_page);
 }
 
 KVCacheCore::Plan KVCacheCore::plan(Sequence& s, int32_t num_new_tokens) {
@@ -141,9 +152,9 @@ KVCacheCore::Plan KVCacheCore::plan(Sequence& s, int32_t num_new_tokens) {
   int64_t num_computed = s.num_computed_tokens;
   int64_t num_held = static_cast<int64_t>(s.block_table.size());
   if (!s.has_allocated) {
-    p.hits = lookup(s);
-    num_computed = static_cast<int64_t>(p.hits.size()) * tpp;
-    num_held = static_cast<int64_t>(p.hits.size());
+    p.found = lookup(s);
+    num_computed = p.found.num_tokens(tpp);
+    num_held = static_cast<int64_t>(p.found.hits.size());
   }
   const int64_t num_tokens = num_computed + num_new_tokens;
   if (num_tokens > static_cast<int64_t>(s.token_ids.size())) {
@@ -161,8 +172,11 @@ KVCacheCore::Plan KVCacheCore::plan(Sequence& s, int32_t num_new_tokens) {
   }
   p.num_new_pages = static_cast<int32_t>(std::max<int64_t>(0, num_pages - num_held));
   p.num_available = allocator_.num_available();
-  for (int32_t page : p.hits) {
+  for (int32_t page : p.found.hits) {
     if (allocator_.is_cached(page)) --p.num_available;  // taking it removes it from the LRU
+  }
+  if (p.found.partial_tokens > 0 && allocator_.is_cached(p.found.partial_page)) {
+    --p.num_available;  // held while its copy's page is taken
   }
   return p;
 }
@@ -177,15 +191,19 @@ bool KVCacheCore::allocate(int64_t request_id, int32_t num_new_tokens) {
   const Plan p = plan(s, num_new_tokens);
   if (p.num_new_pages > p.num_available) return false;
   MemberInfo& m = members_[s.member];
-  if (!s.has_allocated) {
-    // NOTE: hits are referenced before new pages are taken, so taking cannot evict them.
-    for (int32_t page : p.hits) {
+  const bool first = !s.has_allocated;
+  const int32_t src = first && p.found.partial_tokens > 0 ? p.found.partial_page : -1;
+  if (first) {
+    // NOTE: hits (and the page a partial hit copies) are referenced before new pages are
+    // taken, so taking cannot evict them.
+    for (int32_t page : p.found.hits) {
       allocator_.ref(page);
       s.block_table.push_back(page);
     }
-    const int32_t num_hit_tokens = static_cast<int32_t>(p.hits.size()) * m.tokens_per_page;
+    if (src >= 0) allocator_.ref(src);
+    const int32_t num_hit_tokens = p.found.num_tokens(m.tokens_per_page);
     s.num_computed_tokens = num_hit_tokens;
-    s.num_registered_pages = static_cast<int32_t>(p.hits.size());
+    s.num_registered_pages = static_cast<int32_t>(p.found.hits.size());
     s.has_allocated = true;
     m.hit_tokens += num_hit_tokens;
     m.miss_tokens += static_cast<int64_t>(s.token_ids.size()) - num_hit_tokens;
@@ -194,9 +212,17 @@ bool KVCacheCore::allocate(int64_t request_id, int32_t num_new_tokens) {
     bool evicted = false;
     const int32_t page = allocator_.take(s.member, &evicted);
     if (evicted) index_.erase_page(page);
+    if (i == 0 && src >= 0) copies_.emplace_back(src, page);  // the partial hit's copy
     s.block_table.push_back(page);
   }
+  if (src >= 0) allocator_.unref(src);
   return true;
+}
+
+std::vector<std::pair<int32_t, int32_t>> KVCacheCore::take_copies() {
+  std::vector<std::pair<int32_t, int32_t>> out;
+  out.swap(copies_);
+  return out;
 }
 
 void KVCacheCore::commit(int64_t request_id, int32_t num_tokens) {
@@ -219,13 +245,17 @@ void KVCacheCore::commit(int64_t request_id, int32_t num_tokens) {
     const int32_t page = s.block_table[i];
     // NOTE: a page computed twice (two sequences prefilling the same text at once) is
     // registered once; the duplicate stays uncached and is freed with its sequence.
-    if (index_.insert(s.page_keys[i], page)) allocator_.set_registered(page);
+    const Hash128& parent = i == 0 ? members_[s.member].root : s.page_keys[i - 1];
+    if (index_.insert(s.page_keys[i], parent, page, s.token_ids.data() + i * tpp, tpp)) {
+      allocator_.set_registered(page);
+    }
   }
   s.num_registered_pages = std::max(s.num_registered_pages, num_full);
 }
 
 void KVCacheCore::free(int64_t request_id) {
   Sequence& s = seq(request_id);
+  register_partial_page(s);
   // NOTE: released last page first, so within one sequence the LRU queue evicts the tail
   // of a prefix before its head (a head evicted first would strand the tail).
   for (auto it = s.block_table.rbegin(); it != s.block_table.rend(); ++it) {
@@ -233,6 +263,24 @@ void KVCacheCore::free(int64_t request_id) {
   }
   --members_[s.member].num_sequences;
   seqs_.erase(request_id);
+}
+
+void KVCacheCore::register_partial_page(Sequence& s) {
+  // NOTE: a partly filled page is offered to the index only when its sequence lets it go:
+  // until then it is still being written. Only its own (refcount 1): a forked partial page
+  // is a copy, never shared.
+  const int32_t tpp = members_[s.member].tokens_per_page;
+  const int32_t i = s.num_computed_tokens / tpp, n = s.num_computed_tokens % tpp;
+  if (!enable_prefix_caching_ || n == 0 || i >= static_cast<int32_t>(s.block_table.size())) {
+    return;
+  }
+  const int32_t page = s.block_table[i];
+  if (index_.contains_page(page) || allocator_.refcount(page) != 1) return;
+  memoize_keys(s, i);
+  const Hash128& parent = i == 0 ? members_[s.member].root : s.page_keys[i - 1];
+  if (index_.insert_partial(parent, page, s.token_ids.data() + i * tpp, n)) {
+    allocator_.set_registered(page);
+  }
 }
 
 std::pair<int32_t, int32_t> KVCacheCore::fork(int64_t parent_id, int64_t child_id) {
@@ -263,6 +311,17 @@ std::pair<int32_t, int32_t> KVCacheCore::fork(int64_t parent_id, int64_t child_i
   ++members_[child.member].num_sequences;
   seqs_.emplace(child_id, std::move(child));
   return copy;
+}
+
+int64_t KVCacheCore::slack_tokens(int32_t member_id) const {
+  const int64_t tpp = member(member_id).tokens_per_page;
+  int64_t slack = 0;
+  for (const auto& [id, s] : seqs_) {
+    if (s.member == member_id) {
+      slack += static_cast<int64_t>(s.block_table.size()) * tpp - s.num_computed_tokens;
+    }
+  }
+  return slack;
 }
 
 int32_t KVCacheCore::clear_prefix_cache() {

@@ -77,19 +77,24 @@ class KVCacheCore {
   const Sequence& sequence(int64_t request_id) const;
   size_t num_sequences() const { return seqs_.size(); }
 
-  // Tokens of the sequence's prompt found in the prefix cache: page-aligned, and at least one
-  // token is always left to compute (its logits are needed). 0 once the sequence allocated.
+  // Tokens of the sequence's prompt found in the prefix cache: the full pages of the chain,
+  // then the longest common prefix with a cached page where it ends (to the token); at least
+  // one token is always left to compute (its logits are needed). 0 once it allocated.
   int32_t num_cached_tokens(int64_t request_id);
   // Whether allocate(request_id, num_new_tokens) would succeed now.
   bool can_allocate(int64_t request_id, int32_t num_new_tokens);
   // Ensures pages for num_computed_tokens + num_new_tokens tokens. The first call takes the
-  // cached prefix (refcount + 1) and sets num_computed_tokens to its length. Returns false
-  // and changes nothing when too few pages are free or cached; throws ValueError when the
-  // pool could never hold the sequence.
+  // cached prefix (refcount + 1) and sets num_computed_tokens to its length; a partial hit
+  // gets a fresh page, and a copy {cached page, fresh page} the caller must make on the
+  // device before the step's forward (take_copies). Returns false and changes nothing when
+  // too few pages are free or cached; throws ValueError when the pool could never hold it.
   bool allocate(int64_t request_id, int32_t num_new_tokens);
+  // The page copies allocations asked for since the last call, in order: {src, dst}.
+  std::vector<std::pair<int32_t, int32_t>> take_copies();
   // Marks num_tokens more tokens as computed and registers the pages they fill.
   void commit(int64_t request_id, int32_t num_tokens);
-  // Releases the sequence: cached pages go to the LRU queue, the others to the free queue.
+  // Releases the sequence: registered pages (its partly filled last page registered now)
+  // go to the LRU queue, the others to the free queue.
   void free(int64_t request_id);
   // A new sequence child_id with parent_id's tokens and computed pages, shared (refcount
   // + 1): the candidates of one prompt are prefilled once. A partially computed last page
@@ -102,6 +107,9 @@ class KVCacheCore {
   int32_t clear_prefix_cache();
 
   int32_t tokens_per_page(int32_t member_id) const { return member(member_id).tokens_per_page; }
+  // Token slots the member's live sequences hold in their pages but have not filled: the
+  // page memory the page granularity costs it right now.
+  int64_t slack_tokens(int32_t member_id) const;
   const PageAllocator& allocator() const { return allocator_; }
   size_t num_indexed_pages() const { return index_.size(); }
   bool prefix_caching_enabled() const { return enable_prefix_caching_; }
@@ -111,13 +119,22 @@ class KVCacheCore {
  private:
   Sequence& seq(int64_t request_id);
   void memoize_keys(Sequence& s, int32_t num_pages);
-  // Physical pages of the longest cached prefix (capped to leave one token to compute).
-  std::vector<int32_t> lookup(Sequence& s);
-  struct Plan {
-    std::vector<int32_t> hits;  // cached pages to take (first allocation only)
-    int32_t num_new_pages = 0;
-    int32_t num_available = 0;  // pages take() may hand out, hits excluded
+  // The longest cached prefix (capped to leave one token to compute).
+  struct Lookup {
+    std::vector<int32_t> hits;  // full pages of the chain
+    int32_t partial_page = -1;  // then a cached page sharing the next tokens' start
+    int32_t partial_tokens = 0; // how many of them
+    int32_t num_tokens(int32_t tpp) const {
+      return static_cast<int32_t>(hits.size()) * tpp + partial_tokens;
+    }
   };
+  Lookup lookup(Sequence& s);
+  struct Plan {
+    Lookup found;               // the cached prefix to take (first allocation only)
+    int32_t num_new_pages = 0;
+    int32_t num_available = 0;  // pages take() may hand out, found pages excluded
+  };
+  void register_partial_page(Sequence& s);
   Plan plan(Sequence& s, int32_t num_new_tokens);
 
   PageAllocator allocator_;
@@ -127,6 +144,7 @@ class KVCacheCore {
   std::vector<MemberInfo> members_;                    // {member_id: info}
   std::unordered_map<std::string, int32_t> member_ids_; // {name: member_id}
   std::unordered_map<int64_t, Sequence> seqs_;          // {request_id: sequence}
+  std::vector<std::pair<int32_t, int32_t>> copies_;     // partial hits' {src, dst}, pending
 };
 
 }  // namespace blendrt

@@ -23,19 +23,56 @@ def test_exact_page_ids_and_lru_order() -> None:
     m.register_member("a", 4)
     assert run(m, 1, "a", list(range(10))) == [0, 1, 2]  # 2 full pages + a partial one
     m.free(1)
-    # The partial page is not cached: it goes back to the free queue. The full pages wait in
-    # the LRU queue, released last page first, so the prefix's tail is evicted before its head.
-    assert m.lru_order() == [1, 0]
-    assert m.page_info(2) == (0, False, -1)
+    # Every page is registered now (the partly filled one as the sequence lets it go) and
+    # waits in the LRU queue, released last page first, so a prefix's tail is evicted
+    # before its head.
+    assert m.lru_order() == [2, 1, 0]
+    assert m.page_info(2) == (0, True, 0)
     assert m.page_info(0) == (0, True, 0)
     s = m.stats()
-    assert (s.pages_free, s.pages_cached, s.pages_in_use) == (6, 2, 0)
+    assert (s.pages_free, s.pages_cached, s.pages_in_use) == (5, 3, 0)
 
-    # Same first 8 tokens: both pages hit; the rest gets the next free page (3).
+    # Same first 8 tokens: both pages hit; then no cached page starts with 100, so the rest
+    # gets the next free page (3).
     assert run(m, 2, "a", [*range(8), 100, 101]) == [0, 1, 3]
-    assert m.lru_order() == []
+    assert m.lru_order() == [2]
     assert m.stats().members["a"].hit_tokens == 8
     assert m.stats().members["a"].miss_tokens == 10 + 2
+
+
+def test_a_cached_page_is_reused_to_the_token_by_copying_it() -> None:
+    m = KVCacheManager(8, hash_seed=7)
+    m.register_member("a", 4)
+    assert run(m, 1, "a", list(range(10))) == [0, 1, 2]
+    m.free(1)  # page 2 holds tokens 8, 9 (registered partly filled)
+    # Tokens 0-9 then more: 2 full pages, then 2 tokens of page 2, copied into a fresh page.
+    m.add_sequence(2, "a", [*range(10), 50, 51, 52])
+    assert m.num_cached_tokens(2) == 10
+    assert m.allocate(2, 3)
+    assert m.block_table(2).tolist() == [0, 1, 3, 4] and m.num_computed_tokens(2) == 10
+    assert m.take_copies() == [(2, 3)] and m.take_copies() == []
+    assert m.page_info(2) == (0, True, 0)  # the source stays cached for others
+    m.commit(2, 3)
+    # A full page left midway: tokens 0-5 of a sequence whose page 1 holds 4-7.
+    m.add_sequence(3, "a", [0, 1, 2, 3, 4, 5, 77])
+    assert m.num_cached_tokens(3) == 6
+    assert m.allocate(3, 1) and m.take_copies() == [(1, 5)]
+    assert m.block_table(3).tolist() == [0, 5]
+    m.check_invariants()
+
+
+def test_a_partly_filled_page_is_registered_once() -> None:
+    m = KVCacheManager(8, hash_seed=7)
+    m.register_member("a", 4)
+    run(m, 1, "a", [200, 201])
+    run(m, 2, "a", [200, 201])  # computed again (both ran at once): no hit yet
+    m.free(1)
+    m.free(2)
+    assert m.page_info(0) == (0, True, 0)  # the first is cached
+    assert m.page_info(1) == (0, False, -1)  # the same tokens again: freed
+    m.add_sequence(3, "a", [200, 201, 202])
+    assert m.num_cached_tokens(3) == 2
+    m.check_invariants()
 
 
 def test_cached_pages_reused_only_when_nothing_is_free_oldest_first() -> None:
@@ -61,7 +98,7 @@ def test_last_token_is_always_computed() -> None:
     run(m, 1, "a", list(range(8)))
     m.free(1)
     m.add_sequence(2, "a", list(range(8)))  # fully cached, but its last logits are needed
-    assert m.num_cached_tokens(2) == 4
+    assert m.num_cached_tokens(2) == 7  # a page and 3 tokens of the next
     m.add_sequence(3, "a", list(range(9)))
     assert m.num_cached_tokens(3) == 8
 
@@ -251,3 +288,32 @@ def test_fork_shares_full_pages_and_copies_a_partial_one() -> None:
     with pytest.raises(ValueError, match="already exists"):
         run(m, 9, "a", [1, 2, 3])
         m.fork(9, 9)
+
+
+def test_every_member_reuses_its_history_to_the_token_whatever_its_page() -> None:
+    """Members whose per-token KV differs 1x to 16x get 16 to 256 tokens per page; each
+    reuses what it computed of a conversation to within the one token it must compute."""
+    members = {"x1": 256, "x2": 128, "x4": 64, "x8": 32, "x16": 16}  # tokens per page
+    m = KVCacheManager(512, hash_seed=3)
+    for name, tpp in members.items():
+        m.register_member(name, tpp)
+    rid = 0
+    for name in members:
+        history = list(range(1, 300))
+        for turn in range(5):  # each turn: the whole history, then a reply of 9 tokens
+            m.add_sequence(rid, name, history)
+            cached = m.num_cached_tokens(rid)
+            if turn:  # not computed before: the reply's last token and the user's 8
+                assert cached == len(history) - 9 >= len(history) - 16, (name, turn)
+            assert m.allocate(rid, len(history) - cached)
+            m.commit(rid, len(history) - cached)
+            reply = [1000 + turn * 10 + i for i in range(9)]
+            m.append_tokens(rid, reply)
+            assert m.allocate(rid, 8)  # the reply's last token is sampled, not computed
+            m.commit(rid, 8)
+            m.free(rid)
+            rid += 1
+            history = [*history, *reply, 5000 + turn * 10, *range(7)]
+    s = m.stats()
+    assert all(s.members[n].slack_tokens == 0 for n in members)  # nothing live
+    m.check_invariants()

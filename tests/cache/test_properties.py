@@ -42,11 +42,15 @@ class CacheMachine(RuleBasedStateMachine):
         self.next_id += 1
 
     def _check_hits(self, seq_id: int) -> None:
+        """Every computed token's KV, as the sequence's pages hold it, is its own."""
         member, tokens = self.live[seq_id]
         tpp = MEMBERS[member]
         table = self.m.block_table(seq_id).tolist()
-        for i in range(self.m.num_computed_tokens(seq_id) // tpp):
-            assert self.shadow[table[i]] == (member, tuple(tokens[: (i + 1) * tpp]))
+        computed = self.m.num_computed_tokens(seq_id)
+        for i in range(-(-computed // tpp)):
+            held_member, held = self.shadow[table[i]]
+            end = min(computed, (i + 1) * tpp)
+            assert held_member == member and held[:end] == tuple(tokens[:end])
 
     @precondition(lambda self: self.live)
     @rule(data=st.data(), fraction=st.floats(0, 1))
@@ -61,6 +65,8 @@ class CacheMachine(RuleBasedStateMachine):
         if not self.m.allocate(seq_id, n):
             assert self.m.stats() == before  # a failed allocation changes nothing
             return
+        for src, dst in self.m.take_copies():  # a partial hit: the page's KV copied
+            self.shadow[dst] = self.shadow[src]
         if first:
             assert self.m.num_computed_tokens(seq_id) == cached
             self._check_hits(seq_id)

@@ -36,6 +36,7 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 class Harness:
     def __init__(self, model, kv, pool, backend: str = "torch") -> None:
         self.runner = ModelRunner(model, kv, get_backend(backend, torch.device("cpu")))
+        self.pool = pool
         self.manager = KVCacheManager(pool.num_pages, hash_seed=5)
         self.manager.register_member("m", kv.tokens_per_page)
         self.manager.register_member("other", pool.members["other"].tokens_per_page)
@@ -50,6 +51,8 @@ class Harness:
     def step(self, seq_chunks: dict[int, int]) -> torch.Tensor:
         ids, n = list(seq_chunks), list(seq_chunks.values())
         assert self.manager.allocate_batch(ids, n) == len(ids)
+        for src, dst in self.manager.take_copies():  # partial prefix hits, copied on write
+            self.pool.copy_page(src, dst)
         logits = self.runner.forward(self.manager.build_batch(ids, n), all_logits=True)
         self.manager.commit_batch(ids, n)
         return logits
@@ -74,11 +77,12 @@ def test_at_once_chunks_cache_and_decode_agree(setup) -> None:
     torch.testing.assert_close(chunks, at_once, atol=1e-4, rtol=1e-4)
     h.manager.free(3)
 
-    # From the cached prefix (seq 3's full pages), then token-by-token decode steps.
+    # From the cached prefix (seq 3's full pages, then the first tokens of the next one,
+    # copied on write), then token-by-token decode steps.
     prompt = 23
     h.manager.add_sequence(4, "m", tokens[:prompt])
     cached = h.manager.num_cached_tokens(4)
-    assert cached == (prompt - 1) // kv.tokens_per_page * kv.tokens_per_page > 0
+    assert cached == prompt - 1 and cached % kv.tokens_per_page  # ends inside a page
     rows = [h.step({4: prompt - cached})]
     for pos in range(prompt, N):
         h.manager.append_tokens(4, [int(tokens[pos])])
