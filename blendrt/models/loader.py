@@ -21,6 +21,7 @@ from blendrt.models.weights import (
     safetensors_files,
     tensor_shapes,
 )
+from blendrt.ops.cpu.linear import pack_linears
 from blendrt.sampling import SamplingParams
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"llama": LlamaModel, "gptj": GPTJModel}
@@ -126,4 +127,5 @@ def load_weights(
         model.weight_map().load(bar)
     with torch.device(device):
         model.rotary = RotaryEmbedding(config.rope, config.max_position_embeddings)
+    pack_linears(model)  # CPU float32: weights reordered once for oneDNN
     return model.eval()
