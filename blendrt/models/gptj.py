@@ -12,14 +12,9 @@ import torch
 from torch import nn
 
 from blendrt.models.config import ModelConfig
-from blendrt.models.layers import (
-    ForwardContext,
-    PagedAttention,
-    RopeTables,
-    RotaryEmbedding,
-    gelu_new,
-)
+from blendrt.models.layers import ForwardContext, PagedAttention, RotaryEmbedding, gelu_new
 from blendrt.models.weights import WeightMap
+from blendrt.ops.rope import RopeTables
 
 
 class GPTJBlock(nn.Module):
@@ -30,11 +25,9 @@ class GPTJBlock(nn.Module):
         self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
 
-    def forward(
-        self, x: torch.Tensor, rotary: RotaryEmbedding, rope: RopeTables, ctx: ForwardContext
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: RopeTables, ctx: ForwardContext) -> torch.Tensor:
         h = self.ln_1(x)
-        return x + self.attn(h, rotary, rope, ctx) + self.fc_out(gelu_new(self.fc_in(h)))
+        return x + self.attn(h, rope, ctx) + self.fc_out(gelu_new(self.fc_in(h)))
 
 
 class GPTJModel(nn.Module):
@@ -50,9 +43,9 @@ class GPTJModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """input_ids: [T] -> final hidden states [T, hidden]."""
         x = self.wte(input_ids)
-        rope = self.rotary.tables(ctx.positions, x.dtype)
+        rope = self.rotary.tables(ctx.positions)
         for layer in self.layers:
-            x = layer(x, self.rotary, rope, ctx)
+            x = layer(x, rope, ctx)
         return self.ln_f(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

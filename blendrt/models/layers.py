@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +11,9 @@ from torch import nn
 
 from blendrt.cache.pool import MemberKV
 from blendrt.models.config import ModelConfig, RopeConfig
+from blendrt.ops import layer_ops
 from blendrt.ops.attention import AttentionBackend, AttentionMetadata
+from blendrt.ops.rope import RopeTables
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,12 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # As Llama does it: normalise in float32, scale in the model's dtype.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual): the residual add before each norm is fused
+        into it (see blendrt.ops.layer_ops.rms_norm); without a residual, (norm(x), x)."""
+        return layer_ops.rms_norm(x, self.weight, self.eps, residual)
 
 
 def rope_inv_freq(rope: RopeConfig) -> torch.Tensor:  # [rotary_dim / 2] float32
@@ -58,16 +60,9 @@ def rope_inv_freq(rope: RopeConfig) -> torch.Tensor:  # [rotary_dim / 2] float32
     return inv_freq
 
 
-class RopeTables(NamedTuple):
-    """cos and sin at one step's positions, looked up once per forward for every layer."""
-
-    cos: torch.Tensor  # [T, 1, rotary_dim]
-    sin: torch.Tensor  # [T, 1, rotary_dim]
-
-
 class RotaryEmbedding(nn.Module):
-    """Rotates the first rotary_dim dims of each head; pairs are halves (Llama) or
-    neighbours (GPT-J).
+    """A member's cos/sin tables: the first rotary_dim dims of each head rotate, in pairs of
+    halves (Llama) or neighbours (GPT-J); `tables` hands a step's angles to every layer.
 
     NOTE: the cos/sin tables cover the positions used so far (grown by doubling through
     `ensure`, up to max_positions), not the declared maximum: models declare 128k-10M
@@ -103,22 +98,9 @@ class RotaryEmbedding(nn.Module):
             freqs = torch.cat([freqs, freqs], dim=-1)
         self.cos, self.sin = freqs.cos(), freqs.sin()  # [size, rotary_dim]
 
-    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeTables:
-        return RopeTables(
-            self.cos[positions].to(dtype)[:, None, :], self.sin[positions].to(dtype)[:, None, :]
-        )
-
-    def _rotate(self, x: torch.Tensor) -> torch.Tensor:
-        if self.interleaved:
-            return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-    def forward(self, x: torch.Tensor, rope: RopeTables) -> torch.Tensor:
-        # x: [T, H, D] -> [T, H, D], a new tensor
-        rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
-        rot = rot * rope.cos + self._rotate(rot) * rope.sin
-        return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
+    def tables(self, positions: torch.Tensor) -> RopeTables:
+        """The step's angles for every layer (positions [T] int64, checked once here)."""
+        return RopeTables(positions, self.cos, self.sin, self.interleaved)
 
 
 class PagedAttention(nn.Module):
@@ -138,13 +120,12 @@ class PagedAttention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=bias)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=bias)
 
-    def forward(
-        self, x: torch.Tensor, rotary: RotaryEmbedding, rope: RopeTables, ctx: ForwardContext
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: RopeTables, ctx: ForwardContext) -> torch.Tensor:
         qkv = self.qkv_proj(x)  # [T, (H_q + 2 H_kv) * D]
         num_qk = self.num_heads + self.num_kv_heads
-        # q and k rotate together: one set of ops for both.
-        qk = rotary(qkv[:, : num_qk * self.head_dim].view(-1, num_qk, self.head_dim), rope)
+        # q and k rotate together (in place on the CPU): one call for both.
+        qk = qkv[:, : num_qk * self.head_dim].view(-1, num_qk, self.head_dim)
+        qk = layer_ops.rotary(qk, rope)
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = qkv[:, num_qk * self.head_dim :].view(-1, self.num_kv_heads, self.head_dim)
         out = ctx.backend.forward(

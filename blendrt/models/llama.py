@@ -3,23 +3,21 @@
 x = embed(ids)
 for each layer:  x = x + attn(rms_norm(x));  x = x + mlp(rms_norm(x))
 logits = lm_head(rms_norm(x))      (lm_head may be tied to embed)
+
+Each residual add is done inside the norm after it (vLLM's fused add + RMSNorm), so a layer
+takes and returns (its output, the residual stream before it).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from blendrt.models.config import ModelConfig
-from blendrt.models.layers import (
-    ForwardContext,
-    PagedAttention,
-    RMSNorm,
-    RopeTables,
-    RotaryEmbedding,
-)
+from blendrt.models.layers import ForwardContext, PagedAttention, RMSNorm, RotaryEmbedding
 from blendrt.models.weights import WeightMap
+from blendrt.ops import layer_ops
+from blendrt.ops.rope import RopeTables
 
 
 class LlamaMLP(nn.Module):
@@ -34,8 +32,7 @@ class LlamaMLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(layer_ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaBlock(nn.Module):
@@ -47,10 +44,18 @@ class LlamaBlock(nn.Module):
         self.mlp = LlamaMLP(config)
 
     def forward(
-        self, x: torch.Tensor, rotary: RotaryEmbedding, rope: RopeTables, ctx: ForwardContext
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rotary, rope, ctx)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        self,
+        x: torch.Tensor,  # [T, hidden]: the previous layer's output (or the embeddings)
+        residual: torch.Tensor | None,  # [T, hidden]: the residual stream before it
+        rope: RopeTables,
+        ctx: ForwardContext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this layer's output, the residual stream before it): each residual add happens
+        inside the norm that follows it."""
+        h, residual = self.input_layernorm(x, residual)
+        h = self.self_attn(h, rope, ctx)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):
@@ -67,11 +72,11 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """input_ids: [T] -> final hidden states [T, hidden]."""
-        x = self.embed_tokens(input_ids)
-        rope = self.rotary.tables(ctx.positions, x.dtype)
+        x, residual = self.embed_tokens(input_ids), None
+        rope = self.rotary.tables(ctx.positions)
         for layer in self.layers:
-            x = layer(x, self.rotary, rope, ctx)
-        return self.norm(x)
+            x, residual = layer(x, residual, rope, ctx)
+        return self.norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

@@ -2,6 +2,7 @@
 // the pointers before calling them.
 #include "bindings.h"
 #include "cpu_attention.h"
+#include "cpu_layer_ops.h"
 
 namespace blendrt {
 
@@ -94,6 +95,36 @@ void bind_cpu(py::module_& m) {
       py::arg("dtype"),
       "Stores K/V rows into pool slots over raw CPU buffers; use "
       "blendrt.ops.cpu.store_kv, which checks the tensors behind the pointers.");
+
+  // The fused layer ops take raw pointers and positional arguments only: they run a few
+  // times per layer, so the call itself must cost little. They hold the GIL (microseconds).
+  m.def(
+      "rms_norm_f32",
+      [](uintptr_t out, uintptr_t x, uintptr_t residual, uintptr_t weight, int64_t rows,
+         int64_t hidden, float eps) {
+        rms_norm_f32(reinterpret_cast<float*>(out), reinterpret_cast<const float*>(x),
+                     reinterpret_cast<float*>(residual), reinterpret_cast<const float*>(weight),
+                     rows, hidden, eps);
+      },
+      "RMSNorm over raw float32 rows (residual 0: none); use blendrt.ops.cpu.layer_ops.");
+  m.def(
+      "rotary_f32",
+      [](uintptr_t x, int64_t rows, int64_t row_stride, int32_t num_heads, int32_t head_dim,
+         int32_t rotary_dim, uintptr_t positions, uintptr_t cos, uintptr_t sin,
+         bool interleaved) {
+        rotary_f32(reinterpret_cast<float*>(x), rows, row_stride, num_heads, head_dim,
+                   rotary_dim, reinterpret_cast<const int64_t*>(positions),
+                   reinterpret_cast<const float*>(cos), reinterpret_cast<const float*>(sin),
+                   interleaved);
+      },
+      "Rotary embedding in place over raw float32 rows; use blendrt.ops.cpu.layer_ops.");
+  m.def(
+      "silu_and_mul_f32",
+      [](uintptr_t out, uintptr_t x, int64_t rows, int64_t inter) {
+        silu_and_mul_f32(reinterpret_cast<float*>(out), reinterpret_cast<const float*>(x),
+                         rows, inter);
+      },
+      "silu(gate) * up over raw float32 rows; use blendrt.ops.cpu.layer_ops.");
 }
 
 }  // namespace blendrt
