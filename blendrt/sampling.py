@@ -192,18 +192,21 @@ def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
 
 
 def apply_bias_and_bans(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-    """Adds each row's logit_bias and masks (to -inf) its banned ids; ids past the vocabulary
-    are refused earlier (the engine knows the vocabulary)."""
-    if not any(r.params.logit_bias or r.banned_ids for r in rows):
+    """Adds each row's logit_bias and masks (to -inf) its banned ids, for the whole batch in
+    two indexed writes; ids past the vocabulary are refused earlier (the engine knows the
+    vocabulary)."""
+    biased = [(i, t, b) for i, r in enumerate(rows) for t, b in r.params.logit_bias]
+    banned = [(i, t) for i, r in enumerate(rows) for t in r.banned_ids]
+    if not biased and not banned:
         return logits
     logits = logits.clone()
-    for i, r in enumerate(rows):
-        if r.params.logit_bias:
-            ids = torch.tensor([t for t, _ in r.params.logit_bias], device=logits.device)
-            bias = torch.tensor([b for _, b in r.params.logit_bias], device=logits.device)
-            logits[i, ids] += bias
-        if r.banned_ids:
-            logits[i, torch.tensor(list(r.banned_ids), device=logits.device)] = float("-inf")
+    if biased:
+        at = torch.tensor([(i, t) for i, t, _ in biased], device=logits.device).T
+        bias = torch.tensor([b for _, _, b in biased], dtype=logits.dtype, device=logits.device)
+        logits.index_put_((at[0], at[1]), bias, accumulate=True)
+    if banned:
+        at = torch.tensor(banned, device=logits.device).T
+        logits[at[0], at[1]] = float("-inf")
     return logits
 
 
@@ -232,25 +235,30 @@ def apply_top_k_top_p_min_p(logits: torch.Tensor, rows: list[SamplingRow]) -> to
 def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     """logits [B, V] float32 -> token ids [B] (int64, on logits' device)."""
     logits = apply_bias_and_bans(apply_penalties(logits.float(), rows), rows)
-    greedy_ids = logits.argmax(-1)
-    if all(r.params.greedy for r in rows):
+    num_greedy = sum(r.params.greedy for r in rows)
+    greedy_ids = logits.argmax(-1) if num_greedy else None
+    if num_greedy == len(rows):
         return greedy_ids
     temperature = _column(rows, "temperature", logits.device).float()
     logits = apply_top_k_top_p_min_p(logits / temperature.clamp_min(1e-5), rows)
     probs = logits.softmax(-1)
-    # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p; seeded rows draw their
-    # own E, so their tokens depend on nothing else in the batch.
-    noise = torch.empty_like(probs).exponential_()
+    # Inverse CDF: each row draws one uniform u and takes the first token whose cumulative
+    # probability exceeds u (a token of probability 0 never does). One draw per row, not
+    # one per vocabulary entry; seeded rows draw theirs from their own generator, so their
+    # tokens depend on nothing else in the batch.
+    cdf = probs.cumsum(-1)  # [B, V]
+    u = torch.rand(len(rows), 1, device=probs.device)
     for i, row in enumerate(rows):
         if row.generator is not None:
-            noise[i] = (
-                torch.empty(probs.shape[-1], device=row.generator.device)
-                .exponential_(generator=row.generator)
-                .to(probs.device)
-            )
-    sampled = (probs / noise).argmax(-1)
-    is_greedy = (temperature == 0).squeeze(-1)
-    return torch.where(is_greedy, greedy_ids, sampled)
+            u[i] = torch.rand(1, device=row.generator.device, generator=row.generator).to(u)
+    total = cdf[:, -1:]
+    # NOTE: the draw stays strictly below the total (u * total can round up to it), so a
+    # token is always found and it has probability > 0.
+    draw = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    sampled = torch.searchsorted(cdf, draw, right=True).squeeze(-1)
+    if greedy_ids is None:
+        return sampled
+    return torch.where((temperature == 0).squeeze(-1), greedy_ids, sampled)
 
 
 def token_logprobs(

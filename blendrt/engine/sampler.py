@@ -45,7 +45,9 @@ def sample_targets(
     logits: torch.Tensor, targets: list[Target], eos_ids: Sequence[int]
 ) -> list[TokenLogprob]:
     """One pick per target, with its log-probability (and top alternatives) when asked for."""
-    rows_logits = logits[[i for _, i in targets]]
+    at = [i for _, i in targets]
+    # The usual batch samples every row once, in order: no gather needed.
+    rows_logits = logits if at == list(range(len(logits))) else logits[at]
     requests = [r for r, _ in targets]
     token_ids = sample(rows_logits, [sampling_row(r, eos_ids) for r in requests])
     if not any(r.sampling.logprobs is not None or r.sampling.best_of for r in requests):
