@@ -19,7 +19,8 @@ import torch
 from blendrt.blend_stream import BlendStream
 from blendrt.config import EngineConfig
 from blendrt.engine.engine import LLMEngine
-from blendrt.engine.loop import EngineLoop
+from blendrt.engine.inbox import Inboxes
+from blendrt.engine.loop import EngineLoop, run_in_fresh_thread
 from blendrt.engine.request import RequestOutput
 from blendrt.engine.stats import engine_stats
 from blendrt.models.loaded import LoadedModel, load_model
@@ -70,26 +71,31 @@ class Blend:
         self.members = {m.name: m for m in members}
         self.policy = MemberPolicy(names, [m.weight for m in members], policy, seed)
         given = models or {}
-        models = {
-            m.name: given.get(m.name)
-            or load_model(
-                m.path,
-                device=self.config.device,
-                dtype=self.config.dtype,
-                max_model_len=self.config.max_model_len,
-                attention_backend=self.config.attention_backend,
-                progress=progress,
-            )
-            for m in members
-        }
+
+        def load() -> dict[str, LoadedModel]:
+            return {
+                m.name: given.get(m.name)
+                or load_model(
+                    m.path,
+                    device=self.config.device,
+                    dtype=self.config.dtype,
+                    max_model_len=self.config.max_model_len,
+                    attention_backend=self.config.attention_backend,
+                    progress=progress,
+                )
+                for m in members
+            }
+
+        models = run_in_fresh_thread(load)  # not on the caller's thread: see its NOTE
         self.formats: dict[str, ChatFormat] = {
             m.name: get_chat_format(
                 models[m.name].tokenizer, m.chat_format, member=m.name, **m.chat_options
             )
             for m in members
         }
-        self.engine = LLMEngine(models, self.config)
+        self.engine = run_in_fresh_thread(lambda: LLMEngine(models, self.config))
         self._loop = EngineLoop(self.engine)
+        self._inboxes = Inboxes()  # {event loop: its Inbox}: outputs to async streams
         self.memory = ReplyMemory()
         self.turns = TurnPreparer(
             self.formats,
@@ -178,7 +184,7 @@ class Blend:
 
     def stream_turn(self, turn: PreparedTurn) -> BlendStream:
         """A prepared turn as a BlendStream (see `stream`)."""
-        return BlendStream(self._loop, turn, self.memory)
+        return BlendStream(self._loop, turn, self.memory, self._inboxes)
 
     # ---- introspection -------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from blendrt.engine.inbox import Inboxes
 from blendrt.engine.loop import EngineLoop
 from blendrt.engine.request import RequestOutput
 from blendrt.turn import PreparedTurn, Reply, ReplyMemory, TurnCollector
@@ -16,10 +17,13 @@ class BlendStream:
     first delta and `stream.reply` once the turn ends. Leaving early (break + aclose,
     `async with`, or cancelling the task) aborts the request and frees its pages."""
 
-    def __init__(self, loop: EngineLoop, turn: PreparedTurn, memory: ReplyMemory) -> None:
+    def __init__(
+        self, loop: EngineLoop, turn: PreparedTurn, memory: ReplyMemory, inboxes: Inboxes
+    ) -> None:
         self.member = turn.member
         self.turn = turn
         self._loop = loop
+        self._inboxes = inboxes
         self._collector = TurnCollector(turn, memory)
         self._outputs = self._run()
         self._text = self._first_candidate_text()
@@ -71,7 +75,7 @@ class BlendStream:
             turn.member,
             turn.prompt_ids,
             turn.sampling,
-            lambda out: loop.call_soon_threadsafe(queue.put_nowait, out),
+            self._inboxes.for_loop(loop).sink(queue),
         )
         try:
             request_id = await asyncio.wrap_future(future)
