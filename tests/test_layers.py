@@ -18,7 +18,10 @@ PACKAGE = Path(blendrt.__file__).parent
 #: Top to bottom: a module may import its own layer and the ones below it. The longest
 #: matching prefix decides a module's layer.
 LAYERS = [
-    ("apps", ["blendrt.cli", "blendrt.server", "blendrt.bench", "blendrt.demo"]),
+    (
+        "apps",
+        ["blendrt.__main__", "blendrt.cli", "blendrt.server", "blendrt.bench", "blendrt.demo"],
+    ),
     ("blend", ["blendrt.blend", "blendrt.blend_stream"]),
     ("turns", ["blendrt.prepare", "blendrt.truncation", "blendrt.turn", "blendrt.policy"]),
     ("engine", ["blendrt.engine"]),

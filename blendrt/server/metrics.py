@@ -82,6 +82,7 @@ class ServerMetrics:
         """Passes the stream's outputs through, observing latencies and, at the end, usage."""
         start = last = time.perf_counter()
         first = True
+        itl = self.itl.labels(stream.member)  # looked up once, observed per token
         async for delta, out in stream.outputs():
             if out.new_token_ids:
                 now = time.perf_counter()
@@ -89,7 +90,7 @@ class ServerMetrics:
                     self.ttft.labels(stream.member).observe(now - start)
                     first = False
                 else:
-                    self.itl.labels(stream.member).observe(now - last)
+                    itl.observe(now - last)
                 last = now
             yield delta, out
         if stream.reply is not None:

@@ -14,7 +14,10 @@ from blendrt.server.call import Call
 from blendrt.server.schemas import (
     AssistantMessage,
     ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
     ChatCompletionResponse,
+    ChatDelta,
     ChatLogprobs,
     CompletionChoice,
     CompletionLogprobs,
@@ -158,3 +161,39 @@ def completion_body(state: ServerState, call: Call, replies: list[Reply]) -> Com
         choices=choices,
         usage=usage(replies),
     )
+
+
+class ContentChunks:
+    """The server-sent event of a stream's plain content chunk (a delta of text; no role, no
+    finish reason, no log-probabilities), the bulk of every stream.
+
+    The response model is rendered once per choice index with a placeholder for the text,
+    and each chunk fills in the text's JSON string: the same event the model renders, for a
+    fraction of the cost of building and dumping three pydantic models per token."""
+
+    _MARK = "BLENDRT_DELTA_2f9c41"  # ASCII without escapes: found verbatim in the JSON
+
+    def __init__(self, call: Call, model: str) -> None:
+        self._call, self._model = call, model
+        self._halves: dict[int, tuple[str, str]] = {}  # {choice index: (before, after)}
+
+    def event(self, index: int, delta: str) -> str:
+        halves = self._halves.get(index)
+        if halves is None:
+            halves = self._halves[index] = self._split(index)
+        return halves[0] + json.dumps(delta, ensure_ascii=False) + halves[1]
+
+    def _split(self, index: int) -> tuple[str, str]:
+        c = self._call
+        if c.chat:
+            choice = ChatChunkChoice(index=index, delta=ChatDelta(content=self._MARK))
+            body: BaseModel = ChatCompletionChunk(
+                id=c.id, created=c.created, model=self._model, choices=[choice]
+            )
+        else:
+            choice = CompletionChoice(index=index, text=self._MARK)
+            body = CompletionResponse(
+                id=c.id, created=c.created, model=self._model, choices=[choice]
+            )
+        before, after = sse(body).split(f'"{self._MARK}"')
+        return before, after

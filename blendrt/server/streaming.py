@@ -15,6 +15,7 @@ from blendrt.engine.request import RequestOutput
 from blendrt.server.call import Call, close_streams
 from blendrt.server.errors import APIError
 from blendrt.server.responses import (
+    ContentChunks,
     TokenText,
     chat_logprobs,
     completion_logprobs,
@@ -73,6 +74,7 @@ async def events(
     text = TokenText(state.blend.tokenizer(model))
     want_logprobs = body.num_top_logprobs() is not None
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    content = ContentChunks(call, model)
 
     def chunk(
         index: int, delta: str | None, out: RequestOutput | None, *, role: bool = False
@@ -121,7 +123,10 @@ async def events(
                     yield chunk(call.choice_index(t, j), call.echo[t], None)
         try:
             async for t, delta, out in merged(state, streams):
-                if delta or out.finished or (want_logprobs and out.logprobs):
+                plain = delta and not out.finished and not (want_logprobs and out.logprobs)
+                if plain:
+                    yield content.event(call.choice_index(t, out.index), delta)
+                elif delta or out.finished or (want_logprobs and out.logprobs):
                     yield chunk(call.choice_index(t, out.index), delta, out)
         except Exception as e:
             # NOTE: the 200 is already sent: a failure after it is an error event, then

@@ -107,6 +107,11 @@ class _SPBackend:
             i for i, p in self.pieces.items() if self.fallback and _BYTE_PIECE.fullmatch(p)
         )
         self.size = max(self.pieces) + 1
+        # {id: byte} of byte-fallback pieces, {id: text} of the others ("▁" as " ")
+        self.byte_of = {i: int(self.pieces[i][3:5], 16) for i in self.byte_ids}
+        self.text_of = {
+            i: p.replace("▁", " ") for i, p in self.pieces.items() if i not in self.byte_ids
+        }
         split = bool(s.cfg.get("split_special_tokens", False))
         self.splitter, self.group_ids = _splitter(
             [k for k in unique.values() if not (split and k.special)], self.added
@@ -147,18 +152,23 @@ class _SPBackend:
     def decode(self, ids: Sequence[int], skip: bool) -> str:
         out: list[str] = []
         run = bytearray()
-        tokens = [self.pieces.get(i) for i in ids if not (skip and i in self.special_ids)]
-        for tok in [t for t in tokens if t is not None] + [""]:
-            if self.fallback and _BYTE_PIECE.fullmatch(tok):
-                run.append(int(tok[3:5], 16))
+        byte_of, text_of, special = self.byte_of, self.text_of, self.special_ids
+        for i in ids:
+            if skip and i in special:
                 continue
-            if run:  # a run of byte pieces: its UTF-8 text, else one U+FFFD per byte
-                try:
-                    out.append(run.decode("utf-8"))
-                except UnicodeDecodeError:
-                    out.append("\ufffd" * len(run))
+            byte = byte_of.get(i)
+            if byte is not None:
+                run.append(byte)
+                continue
+            text = text_of.get(i)
+            if text is None:
+                continue
+            if run:
+                out.append(_utf8_or_replacement(run))
                 run.clear()
-            out.append(tok.replace("▁", " "))
+            out.append(text)
+        if run:
+            out.append(_utf8_or_replacement(run))
         text = "".join(out)
         return text[1:] if self.prefix and text.startswith(" ") else text
 
@@ -168,3 +178,11 @@ class _SPBackend:
 
     def id_to_token(self, token_id: int) -> str | None:
         return self.pieces.get(token_id)
+
+
+def _utf8_or_replacement(run: bytearray) -> str:
+    """A run of byte pieces: its UTF-8 text, else one U+FFFD per byte (as transformers)."""
+    try:
+        return run.decode("utf-8")
+    except UnicodeDecodeError:
+        return "\ufffd" * len(run)
