@@ -8,6 +8,11 @@ built from the same config function the launcher uses, and optionally `divisible
 An aot_targets that also takes a `capability` keyword gets the target's (tiles per target).
 `compile_target` compiles one for a `GPUTarget` and reads the cubin's registers, shared
 memory and spills with the cuobjdump shipped in the triton wheel.
+
+The quantized matmul kernels form a second family (`compile_configs(..., family=
+"quant_matmul")`), configured by (K, N, tokens, scheme name, dtype, capability): their
+module's `aot_targets(k, n, tokens, scheme, dtype, capability=...)` follows the same dict
+convention.
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ def target_key(target: dict) -> tuple:
         tuple(sorted((k, str(v)) for k, v in target["constexprs"].items())),
         target["num_warps"],
         target["num_stages"],
+        tuple(sorted(target.get("divisible_by_16", ()))),
     )
 
 
@@ -162,23 +168,42 @@ def compile_target(target: dict, capability: int) -> KernelResources:
 
 #: (head_dim, group, dtype, capability): one configuration the engine launches.
 Config = tuple[int, int, torch.dtype, int]
+#: (K, N, tokens, scheme name, dtype, capability): one quantized matmul the engine launches.
+QuantConfig = tuple[int, int, int, str, torch.dtype, int]
 
 
-def _compile_job(job: tuple[Config, int]) -> tuple[Config, KernelResources]:
-    (head_dim, group, dtype, capability), index = job
-    target = available_targets(head_dim, group, dtype, capability)[index]
-    return job[0], compile_target(target, capability)
+def quant_matmul_targets(
+    k: int, n: int, tokens: int, scheme: str, dtype: torch.dtype, capability: int = 90
+) -> list[dict]:
+    """aot_targets of the quantized matmul for x [tokens, k] and an [n, k] weight."""
+    from blendrt.ops.quant import QuantScheme
+    from blendrt.ops.triton.quant_matmul import aot_targets
+
+    return aot_targets(k, n, tokens, QuantScheme.parse(scheme), dtype, capability=capability)
 
 
-def compile_configs(configs: list[Config], jobs: int = 1) -> list[tuple[Config, KernelResources]]:
-    """Compiles every distinct kernel the configurations launch, over `jobs` processes.
+#: Kernel families: a configuration (capability last) -> the targets it launches.
+FAMILIES = {"attention": available_targets, "quant_matmul": quant_matmul_targets}
+
+
+def _compile_job(job: tuple[str, tuple, int]) -> tuple[tuple, KernelResources]:
+    family, config, index = job
+    target = FAMILIES[family](*config)[index]
+    return config, compile_target(target, config[-1])
+
+
+def compile_configs(
+    configs: list[Config] | list[QuantConfig], jobs: int = 1, family: str = "attention"
+) -> list[tuple[tuple, KernelResources]]:
+    """Compiles every distinct kernel the configurations of `family` launch, over `jobs`
+    processes.
 
     NOTE: workers are spawned without TRITON_INTERPRET: under the interpreter `@triton.jit`
     gives InterpretedFunctions, which cannot be compiled (tests set it on CPU machines)."""
-    unique: dict[tuple, tuple[Config, int]] = {}
+    unique: dict[tuple, tuple[str, tuple, int]] = {}
     for config in configs:
-        for i, target in enumerate(available_targets(*config)):
-            unique.setdefault((config[3], *target_key(target)), (config, i))
+        for i, target in enumerate(FAMILIES[family](*config)):
+            unique.setdefault((config[-1], *target_key(target)), (family, config, i))
     saved = os.environ.pop("TRITON_INTERPRET", None)
     try:
         context = multiprocessing.get_context("spawn")
