@@ -82,6 +82,7 @@ class Blend:
                     max_model_len=self.config.max_model_len,
                     attention_backend=self.config.attention_backend,
                     progress=progress,
+                    quantization=m.quantization,
                 )
                 for m in members
             }

@@ -10,6 +10,8 @@ import torch
 #: The attention backends a config may name (blendrt.ops.registry maps each to its class;
 #: None picks by device).
 ATTENTION_BACKENDS = ("torch", "triton", "reference")
+#: How the pool may store K/V: the model's dtype, or one byte per element with a scale.
+KV_CACHE_DTYPES = ("auto", "int8", "fp8_e4m3")
 
 
 @dataclass
@@ -28,6 +30,9 @@ class EngineConfig:
     # "shared": one pool for all members (blendrt); "static": the same bytes split equally,
     # one part per member (what separate servers would get; a benchmark baseline).
     pool_partition: str = "shared"
+    # How the pool stores K/V: "auto" (the model dtype), or "int8" / "fp8_e4m3" with a float16
+    # scale per token and head (blendrt/ops/kv_quant.py): about twice the tokens per byte.
+    kv_cache_dtype: str = "auto"
     enable_prefix_caching: bool = True
     max_num_batched_tokens: int = 2048  # per step, across all members
     max_num_seqs: int = 256  # running requests
@@ -63,6 +68,11 @@ class EngineConfig:
             raise ValueError(
                 "gpu_memory_utilization sizes a CUDA pool; on the CPU give num_pages or "
                 "kv_cache_bytes"
+            )
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                f"got {self.kv_cache_dtype!r}"
             )
         if self.pool_partition not in ("shared", "static"):
             raise ValueError(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from blendrt.engine.request import RequestOutput, TokenLogprob
+from blendrt.ops.quant import QuantScheme
 from blendrt.sampling import SamplingParams
 
 #: What `sampling=` may be: explicit parameters, {field: value} over the member's defaults,
@@ -33,6 +34,9 @@ class Member:
     weight: float = 1.0
     chat_format: str | None = None  # a built-in name; None: the folder's chat_template
     chat_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"bot_name": "Ann"}
+    # Weight-only quantization at load: "int8", "int4", "int4-g64-zp", ... (see
+    # blendrt.ops.quant.QuantScheme); None: full precision (a GPTQ/AWQ folder loads as is).
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or self.name == "blend":
@@ -41,6 +45,11 @@ class Member:
             )
         if self.weight < 0:
             raise ValueError(f"member {self.name!r}: weight must be >= 0, got {self.weight}")
+        if self.quantization is not None:
+            try:
+                QuantScheme.parse(self.quantization)
+            except (ValueError, AttributeError) as e:
+                raise ValueError(f"member {self.name!r}: {e}") from None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,12 @@ Layout of one page for a member (L layers, H KV heads, head dim D, element size 
 
     | layer 0 K [tpp, H, D] | layer 0 V [tpp, H, D] | layer 1 K | ... | layer L-1 V | waste |
     0                                                         tpp * 2*L*H*D*b    page_bytes
+
+With a quantized KV cache (blendrt/ops/kv_quant.py) values take one byte each (b = 1) and the
+float16 scales of each layer's K and V rows follow them in the same page, so a page stays
+self-contained (any page, any member; copying a page copies its scales):
+
+    | layer 0 K | layer 0 V | ... | layer L-1 V | layer 0 K scales [tpp, H] | ... | waste |
 """
 
 from __future__ import annotations
@@ -18,19 +24,29 @@ from dataclasses import dataclass, field
 
 import torch
 
+from blendrt.config import KV_CACHE_DTYPES
+
 #: Page sizes are multiples of this, so every member's rows stay aligned for vector loads.
 PAGE_ALIGNMENT = 256
+#: {quantized cache dtype: the element type its values are stored as}
+KV_STORAGE = {"int8": torch.int8, "fp8_e4m3": torch.float8_e4m3fn}
+SCALE_BYTES = 2  # a quantized (token, head) row's float16 scale
 
 
 @dataclass(frozen=True)
 class KVGeometry:
-    """What a member stores per token: K and V for each layer and KV head."""
+    """What a member stores per token: K and V for each layer and KV head.
+
+    `cache_dtype` "auto" stores K/V in the model's dtype; "int8" and "fp8_e4m3" store each
+    (token, head) row quantized, one byte per element, with its own float16 scale (amax /
+    127, or amax / 448 for fp8): D + 2 bytes per head instead of D * b."""
 
     num_layers: int
     num_kv_heads: int
     head_dim: int
-    dtype: torch.dtype
-    element_size: int = field(init=False)
+    dtype: torch.dtype  # the model's activations
+    cache_dtype: str = "auto"
+    element_size: int = field(init=False)  # bytes of a stored K/V element
     bytes_per_token: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -40,13 +56,20 @@ class KVGeometry:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating torch.dtype, got {self.dtype!r}")
-        element_size = torch.empty((), dtype=self.dtype).element_size()
+        if self.cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"kv cache dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                f"got {self.cache_dtype!r}"
+            )
+        quantized = self.cache_dtype != "auto"
+        element_size = 1 if quantized else torch.empty((), dtype=self.dtype).element_size()
+        row = self.head_dim * element_size + (SCALE_BYTES if quantized else 0)
         object.__setattr__(self, "element_size", element_size)
-        object.__setattr__(
-            self,
-            "bytes_per_token",
-            2 * self.num_layers * self.num_kv_heads * self.head_dim * element_size,
-        )
+        object.__setattr__(self, "bytes_per_token", 2 * self.num_layers * self.num_kv_heads * row)
+
+    @property
+    def quantized(self) -> bool:
+        return self.cache_dtype != "auto"
 
 
 @dataclass(frozen=True)
@@ -60,6 +83,9 @@ class MemberKV:
     k_caches: tuple[torch.Tensor, ...]  # L x [num_pages, tokens_per_page, H_kv, D]
     v_caches: tuple[torch.Tensor, ...]  # L x [num_pages, tokens_per_page, H_kv, D]
     wasted_bytes_per_page: int
+    # Quantized K/V (int8, fp8_e4m3): each (token, head) row's float16 scale, else None.
+    k_scales: tuple[torch.Tensor, ...] | None = None  # L x [num_pages, tokens_per_page, H_kv]
+    v_scales: tuple[torch.Tensor, ...] | None = None  # L x [num_pages, tokens_per_page, H_kv]
 
     @property
     def num_slots(self) -> int:
@@ -145,7 +171,8 @@ class PagePool:
                 f"a page ({self.page_bytes} bytes); use page_bytes_for() to size pages"
             )
         g = geometry
-        typed = self.buffer.view(g.dtype)  # [num_pages * page_bytes / element_size]
+        storage = KV_STORAGE[g.cache_dtype] if g.quantized else g.dtype
+        typed = self.buffer.view(storage)  # [num_pages * page_bytes / element_size]
         page_elems = self.page_bytes // g.element_size
         row = g.num_kv_heads * g.head_dim
         block = tokens_per_page * row  # elements of one layer's K (or V) in a page
@@ -159,6 +186,22 @@ class PagePool:
             typed.as_strided(shape, stride, storage_offset=(2 * layer + 1) * block)
             for layer in range(g.num_layers)
         )
+        k_scales = v_scales = None
+        if g.quantized:
+            # The scales follow every layer's K/V values: float16 [tpp, H] per layer and K/V.
+            halves = self.buffer.view(torch.float16)
+            first = g.num_layers * block  # float16 elements before the scales (2 L block bytes)
+            size = tokens_per_page * g.num_kv_heads
+            scale_shape = (self.num_pages, tokens_per_page, g.num_kv_heads)
+            scale_stride = (self.page_bytes // 2, g.num_kv_heads, 1)
+
+            def scales(kind: int) -> tuple[torch.Tensor, ...]:
+                return tuple(
+                    halves.as_strided(scale_shape, scale_stride, first + (2 * i + kind) * size)
+                    for i in range(g.num_layers)
+                )
+
+            k_scales, v_scales = scales(0), scales(1)
         view = MemberKV(
             name=name,
             geometry=geometry,
@@ -166,6 +209,8 @@ class PagePool:
             k_caches=k_caches,
             v_caches=v_caches,
             wasted_bytes_per_page=self.page_bytes - tokens_per_page * g.bytes_per_token,
+            k_scales=k_scales,
+            v_scales=v_scales,
         )
         self.members[name] = view
         return view

@@ -11,6 +11,7 @@ from typing import Any
 
 from blendrt.blend import DEFAULT_MAX_TOKENS, Blend, Member
 from blendrt.config import EngineConfig
+from blendrt.ops.quant_linear import quantized_linears
 from blendrt.policy import POLICIES
 from blendrt.truncation import TRUNCATION_MODES
 
@@ -71,6 +72,14 @@ def add_blend_args(parser: argparse.ArgumentParser) -> None:
         help="a member's weight in the draw (implies --policy weighted)",
     )
     members.add_argument(
+        "--quantization",
+        action="append",
+        default=[],
+        metavar="NAME=SCHEME",
+        help="a member's weights quantized at load: int8, int4 (group 128), int4-g32, "
+        "int4-g64, int4-g128, with -zp for zero points (GPTQ/AWQ folders load as they are)",
+    )
+    members.add_argument(
         "--policy",
         choices=POLICIES,
         default=None,
@@ -98,6 +107,13 @@ def add_blend_args(parser: argparse.ArgumentParser) -> None:
         "(default 0.9 on CUDA)",
     )
     engine.add_argument("--kv-cache-bytes", type=int, default=None, help="the pool's size")
+    engine.add_argument(
+        "--kv-cache-dtype",
+        default=None,
+        choices=("auto", "int8", "fp8_e4m3"),
+        help="how the pool stores K/V: auto (the model dtype), or int8 / fp8_e4m3 with a "
+        "scale per token and head (about twice the tokens per byte)",
+    )
     engine.add_argument(
         "--max-num-seqs", type=int, default=None, help="requests running at once (default 256)"
     )
@@ -172,10 +188,12 @@ def configure_members(args: argparse.Namespace, members: Sequence[Member]) -> li
     formats = _pairs(args.chat_format, "--chat-format", "FORMAT")
     templates = _pairs(args.chat_template, "--chat-template", "PATH")
     weights = _pairs(args.weight, "--weight", "W")
+    quantizations = _pairs(args.quantization, "--quantization", "SCHEME")
     for flag, given in (
         ("--chat-format", formats),
         ("--chat-template", templates),
         ("--weight", weights),
+        ("--quantization", quantizations),
     ):
         if unknown := sorted(set(given) - set(names)):
             raise ValueError(f"{flag} names unknown members {unknown}; members: {names}")
@@ -193,7 +211,8 @@ def configure_members(args: argparse.Namespace, members: Sequence[Member]) -> li
                 weight = float(weights[m.name])
             except ValueError:
                 raise ValueError(f"--weight {m.name}: not a number: {weights[m.name]!r}") from None
-        out.append(Member(m.name, m.path, weight, fmt, options))
+        quantization = quantizations.get(m.name, m.quantization)
+        out.append(Member(m.name, m.path, weight, fmt, options, quantization))
     return out
 
 
@@ -201,6 +220,7 @@ ENGINE_FLAGS = (
     "device",
     "dtype",
     "kv_cache_bytes",
+    "kv_cache_dtype",
     "gpu_memory_utilization",
     "max_model_len",
     "max_num_seqs",
@@ -232,9 +252,11 @@ def build_blend(args: argparse.Namespace, members: Sequence[Member]) -> Blend:
     )
     for name, model in blend.engine.models.items():
         params = sum(p.numel() for p in model.model.parameters())
+        params += sum(q.in_features * q.out_features for q in quantized_linears(model.model))
         print(
             f"{name}: {model.path} ({model.config.architecture}, {params / 1e6:.1f}M "
-            f"parameters, {model.dtype}, window {blend.engine.max_model_len(name)}, "
+            f"parameters, {model.dtype}{model.weight_format}, "
+            f"window {blend.engine.max_model_len(name)}, "
             f"weight {blend.members[name].weight:g})",
             file=sys.stderr,
         )

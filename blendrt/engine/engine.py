@@ -9,6 +9,7 @@ caller. Everything it runs on is passed explicitly; no module state.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -39,10 +40,15 @@ class LLMEngine:
         self.models = models
         self.counters = EngineCounters()
         self._ids = itertools.count()
-        geometries = {name: m.geometry for name, m in models.items()}
+        # NOTE: pages are sized for the model dtype, so a quantized cache (one byte per
+        # element) fits about twice the tokens in each page rather than halving the page.
         page_bytes = config.page_bytes or page_bytes_for(
-            geometries.values(), config.min_tokens_per_page
+            [m.geometry for m in models.values()], config.min_tokens_per_page
         )
+        geometries = {
+            name: dataclasses.replace(m.geometry, cache_dtype=config.kv_cache_dtype)
+            for name, m in models.items()
+        }
         self.kv = build_kv_layout(
             geometries,
             page_bytes=page_bytes,

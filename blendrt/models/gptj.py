@@ -69,10 +69,8 @@ class GPTJModel(nn.Module):
             wm.add(p + "ln_1.weight", layer.ln_1.weight)
             wm.add(p + "ln_1.bias", layer.ln_1.bias)
             for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
-                wm.add(f"{p}attn.{proj}.weight", layer.attn.qkv_proj.weight, j * size, size)
-            wm.add(p + "attn.out_proj.weight", layer.attn.o_proj.weight)
-            for name in ("fc_in", "fc_out"):
-                module = getattr(layer, name)
-                wm.add(f"{p}mlp.{name}.weight", module.weight)
-                wm.add(f"{p}mlp.{name}.bias", module.bias)
+                wm.add_linear(f"{p}attn.{proj}", layer.attn.qkv_proj, j * size, size)
+            wm.add_linear(p + "attn.out_proj", layer.attn.o_proj)
+            wm.add_linear(p + "mlp.fc_in", layer.fc_in)
+            wm.add_linear(p + "mlp.fc_out", layer.fc_out)
         return wm

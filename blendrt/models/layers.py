@@ -128,15 +128,12 @@ class PagedAttention(nn.Module):
         qk = layer_ops.rotary(qk, rope)
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = qkv[:, num_qk * self.head_dim :].view(-1, self.num_kv_heads, self.head_dim)
+        kv, i = ctx.kv, self.layer_idx
         out = ctx.backend.forward(
-            q,
-            k,
-            v,
-            ctx.kv.k_caches[self.layer_idx],
-            ctx.kv.v_caches[self.layer_idx],
-            ctx.attn,
-            self.scale,
-        )
+            q, k, v, kv.k_caches[i], kv.v_caches[i], ctx.attn, self.scale,
+            None if kv.k_scales is None else kv.k_scales[i],
+            None if kv.v_scales is None else kv.v_scales[i],
+        )  # fmt: skip
         return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
 
 

@@ -82,7 +82,8 @@ class LlamaModel(nn.Module):
         return self.lm_head(hidden)
 
     def weight_map(self) -> WeightMap:
-        """{HF checkpoint name: (parameter, row offset)}; q/k/v and gate/up are fused."""
+        """{HF checkpoint name: (parameter, row offset)}, and the rows of each linear layer
+        each checkpoint projection fills (q/k/v and gate/up are fused)."""
         c = self.config
         wm = WeightMap()
         wm.ignore_suffix(".rotary_emb.inv_freq")
@@ -98,15 +99,12 @@ class LlamaModel(nn.Module):
             attn, mlp = layer.self_attn, layer.mlp
             wm.add(p + "input_layernorm.weight", layer.input_layernorm.weight)
             wm.add(p + "post_attention_layernorm.weight", layer.post_attention_layernorm.weight)
-            for suffix in ("weight", "bias") if c.attention_bias else ("weight",):
-                fused = getattr(attn.qkv_proj, suffix)
-                wm.add(f"{p}self_attn.q_proj.{suffix}", fused, 0, q)
-                wm.add(f"{p}self_attn.k_proj.{suffix}", fused, q, kv)
-                wm.add(f"{p}self_attn.v_proj.{suffix}", fused, q + kv, kv)
-                wm.add(f"{p}self_attn.o_proj.{suffix}", getattr(attn.o_proj, suffix))
-            for suffix in ("weight", "bias") if c.mlp_bias else ("weight",):
-                fused = getattr(mlp.gate_up_proj, suffix)
-                wm.add(f"{p}mlp.gate_proj.{suffix}", fused, 0, c.intermediate_size)
-                wm.add(f"{p}mlp.up_proj.{suffix}", fused, c.intermediate_size, c.intermediate_size)
-                wm.add(f"{p}mlp.down_proj.{suffix}", getattr(mlp.down_proj, suffix))
+            wm.add_linear(f"{p}self_attn.q_proj", attn.qkv_proj, 0, q)
+            wm.add_linear(f"{p}self_attn.k_proj", attn.qkv_proj, q, kv)
+            wm.add_linear(f"{p}self_attn.v_proj", attn.qkv_proj, q + kv, kv)
+            wm.add_linear(f"{p}self_attn.o_proj", attn.o_proj)
+            inter = c.intermediate_size
+            wm.add_linear(f"{p}mlp.gate_proj", mlp.gate_up_proj, 0, inter)
+            wm.add_linear(f"{p}mlp.up_proj", mlp.gate_up_proj, inter, inter)
+            wm.add_linear(f"{p}mlp.down_proj", mlp.down_proj)
         return wm

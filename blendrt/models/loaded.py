@@ -21,6 +21,8 @@ from blendrt.models.loader import (
     read_generation_defaults,
     resolve_dtype,
 )
+from blendrt.ops.quant import QuantScheme
+from blendrt.ops.quant_linear import quantized_linears
 from blendrt.ops.registry import get_backend
 from blendrt.tokenizer.tokenizer import Tokenizer, load_tokenizer
 
@@ -44,6 +46,28 @@ class LoadedModel:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.backend = get_backend(attention_backend, self.device)
+
+    @property
+    def quantization(self) -> QuantScheme | None:
+        """How the decoder's linear weights are stored (None: the model dtype)."""
+        linears = quantized_linears(self.model)
+        return linears[0].scheme if linears else None
+
+    @property
+    def weight_format(self) -> str:
+        """ ", int4-g128 weights" for a quantized member, "" otherwise (for messages)."""
+        scheme = self.quantization
+        return "" if scheme is None else f", {scheme.name} weights"
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights as allocated: parameters, quantized weights (values, scales,
+        zeros) and oneDNN-packed ones; tied tensors once."""
+        params = {id(p): p for p in self.model.parameters()}
+        total = sum(p.numel() * p.element_size() for p in params.values())
+        for m in self.model.modules():
+            total += getattr(m, "weight_bytes", 0)
+        return total
 
     @property
     def geometry(self) -> KVGeometry:
@@ -81,10 +105,13 @@ def load_model(
     max_model_len: int | None = None,
     attention_backend: str | None = None,
     progress: bool | None = None,
+    quantization: QuantScheme | str | None = None,
 ) -> LoadedModel:
     """Loads a Hugging Face folder (config.json, safetensors, tokenizer files, and the
     sampling defaults of generation_config.json). `max_model_len` caps the context;
-    `progress` shows a loading bar on stderr (None: when stderr is a terminal)."""
+    `progress` shows a loading bar on stderr (None: when stderr is a terminal);
+    `quantization` ("int8", "int4", "int4-g64-zp", ... or a QuantScheme) stores the decoder's
+    linear weights quantized (a GPTQ or AWQ folder is read as it is packed)."""
     folder = Path(path)
     device = torch.device(device)
     config = read_config(folder, max_model_len=max_model_len)
@@ -96,5 +123,6 @@ def load_model(
         device=device,
         dtype=resolve_dtype(folder, device, dtype),
         progress=progress,
+        quantization=quantization,
     )
     return LoadedModel(folder, config, model, tokenizer, attention_backend, defaults)

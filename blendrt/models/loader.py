@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -14,7 +14,9 @@ from blendrt.models.config import ModelConfig
 from blendrt.models.gptj import GPTJModel
 from blendrt.models.layers import RotaryEmbedding
 from blendrt.models.llama import LlamaModel
+from blendrt.models.quantize import quantize_linears
 from blendrt.models.weights import (
+    WeightMap,
     check_layer_count,
     iter_safetensors,
     materialize,
@@ -22,13 +24,18 @@ from blendrt.models.weights import (
     tensor_shapes,
 )
 from blendrt.ops.cpu.linear import pack_linears
+from blendrt.ops.quant import QuantScheme
 from blendrt.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from blendrt.models.quant_checkpoints import CheckpointQuant
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"llama": LlamaModel, "gptj": GPTJModel}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def read_config(folder: str | Path, *, max_model_len: int | None = None) -> ModelConfig:
+def read_hf_config(folder: str | Path) -> dict[str, Any]:
+    """config.json as a dict."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
@@ -39,7 +46,40 @@ def read_config(folder: str | Path, *, max_model_len: int | None = None) -> Mode
         hf = json.loads(path.read_text())
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
-    return ModelConfig.from_hf(hf, max_model_len=max_model_len)
+    if not isinstance(hf, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return hf
+
+
+def read_config(folder: str | Path, *, max_model_len: int | None = None) -> ModelConfig:
+    return ModelConfig.from_hf(read_hf_config(folder), max_model_len=max_model_len)
+
+
+def checkpoint_quantization(folder: str | Path) -> CheckpointQuant | None:
+    """How the folder's weights are already quantized (GPTQ, AWQ), None for float ones;
+    raises ValueError naming any other quantization_config."""
+    hf = read_hf_config(folder)
+    if "quantization_config" not in hf:
+        return None
+    from blendrt.models.quant_checkpoints import checkpoint_quantization as parse
+
+    return parse(hf)
+
+
+def weight_scheme(folder: str | Path, quantization: QuantScheme | str | None):
+    """(scheme, checkpoint quant) for a folder: its own GPTQ/AWQ packing, or the requested
+    scheme for float weights (None: full precision)."""
+    checkpoint = checkpoint_quantization(folder)
+    if isinstance(quantization, str):
+        quantization = QuantScheme.parse(quantization)
+    if checkpoint is not None:
+        if quantization is not None:
+            raise ValueError(
+                f"{folder} is already quantized ({checkpoint.method}, "
+                f"{checkpoint.scheme.name}); it cannot also be quantized as {quantization.name}"
+            )
+        return checkpoint.scheme, checkpoint
+    return quantization, None
 
 
 #: {generation_config.json key: SamplingParams field}: the sampling defaults a folder may
@@ -102,18 +142,30 @@ def load_weights(
     device: torch.device,
     dtype: torch.dtype,
     progress: bool | None = None,
+    quantization: QuantScheme | str | None = None,
 ) -> nn.Module:
     """The model with its weights, built without ever holding two copies of them.
-    `progress`: a tqdm bar over the checkpoint's tensors on stderr (None: on a terminal)."""
+    `progress`: a tqdm bar over the checkpoint's tensors on stderr (None: on a terminal).
+    `quantization`: store the decoder's linear weights as int8 / int4 (see
+    blendrt/models/quantize.py); a GPTQ or AWQ folder is read as it is quantized."""
     folder = Path(folder)
     files = safetensors_files(folder)
+    scheme, checkpoint = weight_scheme(folder, quantization)
     # NOTE: config.json is checked against the checkpoint's headers first (layers, then
     # every name and shape), so a config that lies sizes nothing.
     shapes = tensor_shapes(files)
     check_layer_count(shapes, config.num_layers)
     with torch.device("meta"):
         model = MODEL_CLASSES[config.family](config)
-    model.weight_map().check(shapes)
+    if scheme is not None:
+        quantize_linears(model, scheme, checkpoint)
+
+    def weight_map() -> WeightMap:
+        wm = model.weight_map()
+        wm.checkpoint = checkpoint
+        return wm
+
+    weight_map().check(shapes)
     materialize(model, device, dtype)
     tensors = iter_safetensors(files)
     with tqdm(
@@ -124,7 +176,7 @@ def load_weights(
         disable=None if progress is None else not progress,
         leave=False,
     ) as bar:
-        model.weight_map().load(bar)
+        weight_map().load(bar)
     with torch.device(device):
         model.rotary = RotaryEmbedding(config.rope, config.max_position_embeddings)
     pack_linears(model)  # CPU float32: weights reordered once for oneDNN

@@ -8,11 +8,16 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 from torch import nn
+
+from blendrt.models.quantize import LinearPiece
+
+if TYPE_CHECKING:
+    from blendrt.models.quant_checkpoints import CheckpointQuant
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -26,16 +31,31 @@ class _Target:
 
 @dataclass
 class WeightMap:
-    """{checkpoint tensor name: slice of a model parameter}."""
+    """{checkpoint tensor name: slice of a model parameter}, and {checkpoint projection
+    prefix: rows of a linear layer} for the layers that may be stored quantized."""
 
     targets: dict[str, _Target] = field(default_factory=dict)
+    linears: dict[str, LinearPiece] = field(default_factory=dict)  # {prefix: its rows}
     ignored: set[str] = field(default_factory=set)
     ignored_suffixes: list[str] = field(default_factory=list)
+    # How the checkpoint stores those linears: None (float), or GPTQ / AWQ packing.
+    checkpoint: CheckpointQuant | None = None
 
     def add(self, name: str, param: torch.Tensor, offset: int = 0, rows: int | None = None) -> None:
         self.targets[name] = _Target(
             param, offset, param.shape[0] - offset if rows is None else rows
         )
+
+    def add_linear(
+        self, prefix: str, module: nn.Module, offset: int = 0, rows: int | None = None
+    ) -> None:
+        """Rows of a linear layer filled by checkpoint projection `prefix` (its `.weight`, or
+        its GPTQ/AWQ tensors) and its `.bias` if the layer has one."""
+        rows = module.out_features - offset if rows is None else rows
+        shard = sum(p.module is module for p in self.linears.values())
+        self.linears[prefix] = LinearPiece(module, offset, rows, shard)
+        if module.bias is not None:
+            self.add(prefix + ".bias", module.bias, offset, rows)
 
     def ignore(self, name: str) -> None:
         self.ignored.add(name)
@@ -43,19 +63,46 @@ class WeightMap:
     def ignore_suffix(self, suffix: str) -> None:
         self.ignored_suffixes.append(suffix)
 
+    def _linear_names(self) -> dict[str, tuple[str, LinearPiece]]:
+        """{checkpoint tensor name: (prefix, piece)} of every linear's tensors."""
+        return {
+            name: (prefix, piece)
+            for prefix, piece in self.linears.items()
+            for name in piece.names(prefix, self.checkpoint)
+        }
+
+    def _linear_shape(self, name: str, shape: tuple[int, ...], prefix: str, piece) -> None:
+        want = tuple(piece.shapes(prefix, self.checkpoint)[name])
+        if tuple(shape) != want:
+            raise ValueError(
+                f"weight {name} has shape {tuple(shape)}, expected {want} from config.json"
+            )
+
     def check(self, shapes: dict[str, tuple[int, ...]]) -> None:
         """Checks a checkpoint's tensor names and shapes ({name: shape}, from its headers)
         against the model's, before anything is allocated for them."""
+        linear = self._linear_names()
         unexpected: list[str] = []
         for name, shape in shapes.items():
-            self._target(name, shape, unexpected)
-        self._refuse(set(self.targets) - set(shapes), unexpected)
+            if name in linear:
+                self._linear_shape(name, shape, *linear[name])
+            else:
+                self._target(name, shape, unexpected)
+        self._refuse((set(self.targets) | set(linear)) - set(shapes), unexpected)
 
     def load(self, tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
-        """Copies each checkpoint tensor into its slice; checks names and shapes."""
-        missing = set(self.targets)
+        """Copies each checkpoint tensor into its slice (quantizing or converting those of
+        quantized linears as they come); checks names and shapes."""
+        linear = self._linear_names()
+        missing = set(self.targets) | set(linear)
         unexpected: list[str] = []
         for name, tensor in tensors:
+            if name in linear:
+                prefix, piece = linear[name]
+                self._linear_shape(name, tuple(tensor.shape), prefix, piece)
+                piece.fill(prefix, name, tensor, self.checkpoint)
+                missing.discard(name)
+                continue
             target = self._target(name, tuple(tensor.shape), unexpected)
             if target is None:
                 continue
@@ -94,8 +141,9 @@ class WeightMap:
 
 
 def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """Replaces the (meta) parameters of `model` by uninitialised ones on `device`/`dtype`,
-    keeping tied parameters tied. Buffers (rotary tables) are recomputed by the caller."""
+    """Replaces the (meta) parameters and buffers of `model` by uninitialised ones on
+    `device` (floating ones in `dtype`, quantized weights keep theirs), keeping tied
+    parameters tied. Rotary tables are recomputed by the caller."""
     new: dict[int, nn.Parameter] = {}  # {id(old parameter): new parameter}
     for module in model.modules():
         for name, param in list(module._parameters.items()):
@@ -106,6 +154,10 @@ def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> N
                     torch.empty(param.shape, dtype=dtype, device=device), requires_grad=False
                 )
             module._parameters[name] = new[id(param)]
+        for name, buf in list(module._buffers.items()):  # quantized weights, scales, zeros
+            if buf is not None and buf.is_meta:
+                kind = dtype if buf.is_floating_point() else buf.dtype
+                module._buffers[name] = torch.empty(buf.shape, dtype=kind, device=device)
 
 
 def safetensors_files(folder: Path) -> list[Path]:

@@ -52,6 +52,9 @@ class AttentionBackend(ABC):
         v_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D]
         meta: AttentionMetadata,
         scale: float,
+        k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16
+        v_scale: torch.Tensor | None = None,  # given: the cache is quantized (int8 / fp8)
     ) -> torch.Tensor:  # [T, H_q, D]
         """Stores k/v at meta.slot_mapping, then attends each new query to its sequence's
-        cached tokens and, causally, to the new ones."""
+        cached tokens and, causally, to the new ones. With scales, the cache holds
+        quantized rows (blendrt/ops/kv_quant.py): quantized on store, dequantized on load."""

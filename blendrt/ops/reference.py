@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from blendrt.ops.attention import AttentionBackend, AttentionMetadata
+from blendrt.ops.kv_quant import cache_dtype_of, dequantize_kv_reference, quantize_kv_reference
 
 
 def store_kv_reference(
@@ -20,24 +21,39 @@ def store_kv_reference(
     k_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D]
     v_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D]
     slot_mapping: torch.Tensor,  # [T] int, -1 = skip
+    k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16
+    v_scale: torch.Tensor | None = None,  # quantized caches (blendrt/ops/kv_quant.py)
 ) -> None:
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
     tokens_per_page = k_cache.shape[1]
     pages, offsets = slots // tokens_per_page, slots % tokens_per_page
-    k_cache[pages, offsets] = k[keep].to(k_cache.dtype)
-    v_cache[pages, offsets] = v[keep].to(v_cache.dtype)
+    if k_scale is None:
+        k_cache[pages, offsets] = k[keep].to(k_cache.dtype)
+        v_cache[pages, offsets] = v[keep].to(v_cache.dtype)
+        return
+    kind = cache_dtype_of(k_cache)
+    for rows, cache, scales in ((k, k_cache, k_scale), (v, v_cache, v_scale)):
+        values, row_scales = quantize_kv_reference(rows[keep], kind)
+        cache[pages, offsets] = values
+        scales[pages, offsets] = row_scales
 
 
 def gather_pages(
     cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D]
     block_table: torch.Tensor,  # [W] page ids
     num_tokens: int,
-) -> torch.Tensor:  # [num_tokens, H_kv, D]
+    scales: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv]: dequantize
+) -> torch.Tensor:  # [num_tokens, H_kv, D] (float32 when dequantized)
     tokens_per_page = cache.shape[1]
     num_pages = -(-num_tokens // tokens_per_page)
-    pages = cache[block_table[:num_pages].long()]  # [num_pages, tokens_per_page, H_kv, D]
-    return pages.reshape(-1, *cache.shape[2:])[:num_tokens]
+    table = block_table[:num_pages].long()
+    pages = cache[table]  # [num_pages, tokens_per_page, H_kv, D]
+    rows = pages.reshape(-1, *cache.shape[2:])[:num_tokens]
+    if scales is None:
+        return rows
+    row_scales = scales[table].reshape(-1, cache.shape[2])[:num_tokens]
+    return dequantize_kv_reference(rows, row_scales, torch.float32)
 
 
 def paged_attention_reference(
@@ -49,6 +65,8 @@ def paged_attention_reference(
     context_lens: list[int] | tuple[int, ...],  # B
     scale: float,
     skip: Collection[int] = (),
+    k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv]: quantized
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:  # [T, H_q, D]
     """Query i of sequence b sits at position context_lens[b] - query_len_b + i and attends
     to keys 0..that position. Computed in float32. Rows of sequences in `skip` are left
@@ -59,8 +77,8 @@ def paged_attention_reference(
         start, end = cu_seqlens_q[b], cu_seqlens_q[b + 1]
         if end == start or b in skip:
             continue
-        keys = gather_pages(k_cache, block_tables[b], context_len).float()
-        values = gather_pages(v_cache, block_tables[b], context_len).float()
+        keys = gather_pages(k_cache, block_tables[b], context_len, k_scale).float()
+        values = gather_pages(v_cache, block_tables[b], context_len, v_scale).float()
         keys = keys.repeat_interleave(group, dim=1).transpose(0, 1)  # [H_q, S, D]
         values = values.repeat_interleave(group, dim=1).transpose(0, 1)
         queries = q[start:end].float().transpose(0, 1)  # [H_q, Lq, D]
@@ -88,8 +106,10 @@ class ReferenceBackend(AttentionBackend):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        k_scale: torch.Tensor | None = None,
+        v_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:  # [T, H_q, D]
-        store_kv_reference(k, v, k_cache, v_cache, meta.slot_mapping)
+        store_kv_reference(k, v, k_cache, v_cache, meta.slot_mapping, k_scale, v_scale)
         return paged_attention_reference(
             q,
             k_cache,
@@ -98,4 +118,6 @@ class ReferenceBackend(AttentionBackend):
             meta.cu_seqlens_q_host,
             meta.context_lens_host,
             scale,
+            k_scale=k_scale,
+            v_scale=v_scale,
         )

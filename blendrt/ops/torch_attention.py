@@ -22,6 +22,8 @@ def decode_attention_torch(
     context_lens: torch.Tensor,  # [B]
     max_context_len: int,
     scale: float,
+    k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv]: quantized
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:  # [B, H_q, D]
     batch, num_q_heads, head_dim = q.shape
     tokens_per_page, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
@@ -31,6 +33,9 @@ def decode_attention_torch(
     table = block_tables[:, :num_pages].long().clamp_min(0)  # [B, P]
     keys = k_cache[table].flatten(1, 2)[:, :max_context_len].float()  # [B, S, H_kv, D]
     values = v_cache[table].flatten(1, 2)[:, :max_context_len].float()
+    if k_scale is not None:  # dequantize what was gathered
+        keys = keys * k_scale[table].flatten(1, 2)[:, :max_context_len, :, None].float()
+        values = values * v_scale[table].flatten(1, 2)[:, :max_context_len, :, None].float()
     valid = torch.arange(max_context_len, device=q.device)[None, :] < context_lens[:, None]
     values = values.masked_fill(~valid[:, :, None, None], 0.0)
     queries = q.float().view(batch, num_kv_heads, num_q_heads // num_kv_heads, head_dim)
@@ -47,13 +52,17 @@ def prefill_attention_torch(
     block_table: torch.Tensor,  # [W] page ids
     context_len: int,
     scale: float,
+    k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv]: quantized
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:  # [L, H_q, D]
     """One sequence's new queries over its gathered pages, causal from its cached prefix."""
     query_len = q.shape[0]
     # NOTE: 4-D inputs, as SDPA's fused CPU kernel requires; 3-D ones fall back to its
     # unfused math path, 3x slower here.
-    keys = gather_pages(k_cache, block_table, context_len).transpose(0, 1)[None]
-    values = gather_pages(v_cache, block_table, context_len).transpose(0, 1)[None]
+    keys = gather_pages(k_cache, block_table, context_len, k_scale).transpose(0, 1)[None]
+    values = gather_pages(v_cache, block_table, context_len, v_scale).transpose(0, 1)[None]
+    if k_scale is not None:  # dequantized to float32: attend in q's dtype
+        keys, values = keys.to(q.dtype), values.to(q.dtype)
     positions = torch.arange(context_len - query_len, context_len, device=q.device)
     mask = torch.arange(context_len, device=q.device)[None, :] <= positions[:, None]
     out = F.scaled_dot_product_attention(
@@ -81,8 +90,11 @@ class TorchBackend(AttentionBackend):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        k_scale: torch.Tensor | None = None,
+        v_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:  # [T, H_q, D]
-        store_kv_reference(k, v, k_cache, v_cache, meta.slot_mapping)
+        store_kv_reference(k, v, k_cache, v_cache, meta.slot_mapping, k_scale, v_scale)
+        scales = {"k_scale": k_scale, "v_scale": v_scale}
         cu = meta.cu_seqlens_q_host
         decode = [b for b in range(meta.num_seqs) if cu[b + 1] - cu[b] == 1]
         if len(decode) == meta.num_seqs:
@@ -94,6 +106,7 @@ class TorchBackend(AttentionBackend):
                 meta.context_lens,
                 meta.max_context_len,
                 scale,
+                **scales,
             )
         batched = decode if len(decode) > 1 else []  # a mixed batch's decode rows, batched
         out = paged_attention_reference(
@@ -105,6 +118,7 @@ class TorchBackend(AttentionBackend):
             meta.context_lens_host,
             scale,
             skip=set(batched),
+            **scales,
         )
         if batched:
             rows = torch.tensor([cu[b] for b in batched], device=q.device)
@@ -117,5 +131,6 @@ class TorchBackend(AttentionBackend):
                 meta.context_lens[seqs],
                 max(meta.context_lens_host[b] for b in batched),
                 scale,
+                **scales,
             )
         return out

@@ -28,14 +28,19 @@ struct Scratch {
   std::vector<float> kv;       // [tokens_per_page, heads, D] a page run as float32
 };
 
-// Tokens [t0, t0 + n) of one page, KV heads [h_begin, h_end), as float32 rows of
-// `*token_stride` floats: in place for float32 storage, else converted into the scratch.
+// A quantized cache value as float32 (before its row's scale).
+inline float cache_value(int8_t q) { return static_cast<float>(q); }
+inline float cache_value(uint8_t q) { return fp8_e4m3_to_float(q); }  // fp8 e4m3fn
+
+// Tokens [0, n) of one page, KV heads [h_begin, h_end), as float32 rows of `*token_stride`
+// floats: in place for float32 storage, else converted into the scratch (quantized values
+// times their (token, head) scale, `scales` pointing at the page's first token).
 // NOTE: the kernels index heads at multiples of D, so heads must be contiguous within a
 // token (head_stride == D), as pool views are; the launcher checks it.
-template <typename T>
-const float* page_run(const PagedAttentionArgs& a, const T* first, int n, int h_begin,
-                      int h_end, Scratch& s, int64_t* token_stride) {
-  if constexpr (std::is_same_v<T, float>) {
+template <typename C>
+const float* page_run(const PagedAttentionArgs& a, const C* first, const _Float16* scales,
+                      int n, int h_begin, int h_end, Scratch& s, int64_t* token_stride) {
+  if constexpr (std::is_same_v<C, float>) {
     *token_stride = a.token_stride;
     return first + static_cast<int64_t>(h_begin) * a.head_stride;
   }
@@ -43,8 +48,14 @@ const float* page_run(const PagedAttentionArgs& a, const T* first, int n, int h_
   float* out = s.kv.data();
   for (int t = 0; t < n; ++t) {
     for (int h = h_begin; h < h_end; ++h) {
-      to_float(first + t * a.token_stride + h * a.head_stride,
-               out + static_cast<int64_t>(t) * width + (h - h_begin) * a.head_dim, a.head_dim);
+      const C* src = first + t * a.token_stride + h * a.head_stride;
+      float* dst = out + static_cast<int64_t>(t) * width + (h - h_begin) * a.head_dim;
+      if constexpr (std::is_same_v<C, int8_t> || std::is_same_v<C, uint8_t>) {
+        const float scale = static_cast<float>(scales[t * a.scales.token_stride + h]);
+        for (int j = 0; j < a.head_dim; ++j) dst[j] = cache_value(src[j]) * scale;
+      } else {
+        to_float(src, dst, a.head_dim);
+      }
     }
   }
   *token_stride = width;
@@ -54,7 +65,7 @@ const float* page_run(const PagedAttentionArgs& a, const T* first, int n, int h_
 // One work item: KV heads [h_begin, h_end) of one sequence, all its query rows and all query
 // heads of those groups. A page holds a token's heads side by side, so walking the tokens
 // reads each page's bytes in order.
-template <typename T>
+template <typename T, typename C>
 void attend(const PagedAttentionArgs& a, int32_t seq, int h_begin, int h_end, Scratch& s) {
   const int d = a.head_dim;
   const int group = a.num_q_heads / a.num_kv_heads;
@@ -78,25 +89,27 @@ void attend(const PagedAttentionArgs& a, int32_t seq, int h_begin, int h_end, Sc
   }
   const int32_t* table = a.block_tables + static_cast<int64_t>(seq) * a.block_table_width;
   const int tpp = a.tokens_per_page;
-  // Calls fn(t0, n, first token) for each page's run of tokens of `cache`.
+  // Calls fn(t0, n, first token, its scales) for each page's run of tokens of `cache`.
   // Bytes of one page run (a layer's K or V of every token of the page).
-  const int64_t run_bytes = static_cast<int64_t>(tpp) * a.token_stride * sizeof(T);
-  auto for_each_page = [&](const void* cache, auto&& fn) {
-    const T* base = static_cast<const T*>(cache);
+  const int64_t run_bytes = static_cast<int64_t>(tpp) * a.token_stride * sizeof(C);
+  auto for_each_page = [&](const void* cache, const _Float16* scales, auto&& fn) {
+    const C* base = static_cast<const C*>(cache);
     for (int t0 = 0; t0 < ctx; t0 += tpp) {
       // NOTE: pages are scattered, so the hardware prefetcher stops at each page's end;
       // fetching the next page's run while this one is computed hides the DRAM latency.
       if (t0 + tpp < ctx) {
-        const T* next_page = base + table[t0 / tpp + 1] * a.page_stride;
+        const C* next_page = base + table[t0 / tpp + 1] * a.page_stride;
         const char* next = reinterpret_cast<const char*>(next_page);
         for (int64_t b = 0; b < run_bytes; b += 64) __builtin_prefetch(next + b);
       }
-      fn(t0, std::min(tpp, ctx - t0), base + table[t0 / tpp] * a.page_stride);
+      const int64_t page = table[t0 / tpp];
+      fn(t0, std::min(tpp, ctx - t0), base + page * a.page_stride,
+         scales ? scales + page * a.scales.page_stride : nullptr);
     }
   };
-  for_each_page(a.k_cache, [&](int t0, int n, const T* k) {
+  for_each_page(a.k_cache, a.scales.k, [&](int t0, int n, const C* k, const _Float16* ks) {
     int64_t stride = 0;
-    const float* rows_k = page_run<T>(a, k, n, h_begin, h_end, s, &stride);
+    const float* rows_k = page_run<C>(a, k, ks, n, h_begin, h_end, s, &stride);
     page_scores(rows_k, stride, n, s.queries.data(), rows, heads, group, d, a.scale,
                 s.scores.data() + t0, ctx);
   });
@@ -114,9 +127,9 @@ void attend(const PagedAttentionArgs& a, int32_t seq, int h_begin, int h_end, Sc
     std::fill(sc + visible, sc + ctx, 0.0f);
     s.inv_sum[r] = 1.0f / sum;
   }
-  for_each_page(a.v_cache, [&](int t0, int n, const T* v) {
+  for_each_page(a.v_cache, a.scales.v, [&](int t0, int n, const C* v, const _Float16* vs) {
     int64_t stride = 0;
-    const float* rows_v = page_run<T>(a, v, n, h_begin, h_end, s, &stride);
+    const float* rows_v = page_run<C>(a, v, vs, n, h_begin, h_end, s, &stride);
     page_values(rows_v, stride, n, s.scores.data() + t0, ctx, rows, heads, group, d,
                 s.acc.data());
   });
@@ -132,7 +145,7 @@ void attend(const PagedAttentionArgs& a, int32_t seq, int h_begin, int h_end, Sc
   }
 }
 
-template <typename T>
+template <typename T, typename C>
 void run(const PagedAttentionArgs& a) {
   int64_t work = 0;
   for (int64_t i = 0; i < a.num_seq_indices; ++i) work += a.context_lens[a.seq_indices[i]];
@@ -160,7 +173,9 @@ void run(const PagedAttentionArgs& a) {
         const int h_begin = static_cast<int>((item % num_blocks) * heads_per_block);
         const int h_end = static_cast<int>(
             std::min<int64_t>(a.num_kv_heads, h_begin + heads_per_block));
-        if (h_begin < h_end) attend<T>(a, a.seq_indices[item / num_blocks], h_begin, h_end, scratch);
+        if (h_begin < h_end) {
+          attend<T, C>(a, a.seq_indices[item / num_blocks], h_begin, h_end, scratch);
+        }
       }
     } catch (...) {
       next = num_items;
@@ -213,15 +228,36 @@ void paged_attention_cpu(const PagedAttentionArgs& a) {
       }
     }
   }
+  const bool quantized =
+      a.cache_dtype == StorageType::kInt8 || a.cache_dtype == StorageType::kFp8E4M3;
+  if (quantized && (a.scales.k == nullptr || a.scales.v == nullptr)) {
+    throw std::invalid_argument("a quantized cache needs its scales");
+  }
+  if (!quantized && a.cache_dtype != a.dtype) {
+    throw std::invalid_argument("the cache must hold q's dtype, or int8 / fp8 values");
+  }
+  // Cache element type C: q's own, or one byte per value (int8, fp8 e4m3fn) with scales.
+  auto dispatch = [&](auto t) {
+    using T = decltype(t);
+    switch (a.cache_dtype) {
+      case StorageType::kInt8:
+        return run<T, int8_t>(a);
+      case StorageType::kFp8E4M3:
+        return run<T, uint8_t>(a);
+      default:
+        return run<T, T>(a);
+    }
+  };
   switch (a.dtype) {
     case StorageType::kFloat32:
-      return run<float>(a);
+      return dispatch(float{});
     case StorageType::kFloat16:
-      return run<_Float16>(a);
+      return dispatch(_Float16{});
     case StorageType::kBFloat16:
-      return run<uint16_t>(a);
+      return dispatch(uint16_t{});
+    default:
+      throw std::invalid_argument("q must be float32, float16 or bfloat16");
   }
-  throw std::invalid_argument("unknown storage type");
 }
 
 }  // namespace blendrt

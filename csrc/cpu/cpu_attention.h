@@ -4,14 +4,29 @@
 // The pool is never gathered: each (sequence, KV head) work item walks its block table, reads
 // each cached token's K and V once for all query heads of its GQA group, and keeps the scores
 // in a per-thread buffer. Work items are shared out to `num_threads` threads (the GIL is
-// released by the binding). Storage may be float32, float16 or bfloat16; arithmetic is float32.
+// released by the binding). Storage may be float32, float16 or bfloat16, or int8 / fp8 e4m3
+// with a float16 scale per (token, head), dequantized as pages are read; arithmetic is float32.
 #pragma once
 
 #include <cstdint>
 
 namespace blendrt {
 
-enum class StorageType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+enum class StorageType : int32_t {
+  kFloat32 = 0,
+  kFloat16 = 1,
+  kBFloat16 = 2,
+  kInt8 = 3,      // quantized cache values (blendrt/ops/kv_quant.py), with float16 scales
+  kFp8E4M3 = 4,   // same, float8 e4m3fn
+};
+
+// A quantized cache's per-(token, head) float16 scales of one layer: [num_pages,
+// tokens_per_page, H_kv] through the strides below (in elements; heads contiguous).
+struct KVScales {
+  const _Float16* k = nullptr;  // null: the cache is not quantized
+  const _Float16* v = nullptr;
+  int64_t page_stride = 0, token_stride = 0;
+};
 
 struct PagedAttentionArgs {
   void* out;                 // [T, H_q, D] contiguous, storage type
@@ -31,8 +46,10 @@ struct PagedAttentionArgs {
   int64_t num_seq_indices;
   int32_t num_q_heads, num_kv_heads, head_dim, tokens_per_page;
   float scale;
-  StorageType dtype;
+  StorageType dtype;         // of q and out (and of the cache unless cache_dtype says)
   int32_t num_threads;
+  StorageType cache_dtype;   // the cache's values: dtype, or kInt8 / kFp8E4M3 with scales
+  KVScales scales;
 };
 
 // Query i of sequence b sits at position context_lens[b] - query_len_b + i and attends to
@@ -51,11 +68,14 @@ struct StoreKVArgs {
   const int32_t* slot_mapping;  // [T] page * tokens_per_page + offset; -1 = skip
   int64_t num_tokens;
   int32_t num_kv_heads, head_dim, tokens_per_page;
-  StorageType dtype;          // of k, v and the cache alike
+  StorageType dtype;          // of k and v (and of the cache unless cache_dtype says)
+  StorageType cache_dtype;    // kInt8 / kFp8E4M3: rows quantized on store, scales written
+  KVScales scales;            // where the scales go (const_cast-written by the store)
 };
 
-// Writes each new token's K and V rows into its slot. Throws std::invalid_argument, before
-// writing anything, if a slot lies outside the pool.
+// Writes each new token's K and V rows into its slot (quantizing each (token, head) row when
+// the cache is quantized). Throws std::invalid_argument, before writing anything, if a slot
+// lies outside the pool.
 void store_kv_cpu(const StoreKVArgs& args);
 
 }  // namespace blendrt

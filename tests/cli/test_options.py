@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from checkpoints import make_checkpoint
 from fastapi.testclient import TestClient
 
@@ -192,3 +193,21 @@ def test_loading_shows_a_progress_bar_per_member(folders, capsys) -> None:
     assert "loading lee" in err and "tensors" in err
     load_model(folders["lee"], progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_quantization_and_kv_cache_dtype_flags(folders, capsys) -> None:
+    flags = ("--quantization", "lee=int4-g32", "--kv-cache-dtype", "int8")
+    with blend_of(folders, *flags) as blend:
+        assert blend.engine.models["lee"].quantization.name == "int4-g32"
+        assert blend.engine.models["jay"].quantization is None
+        assert blend.engine.kv.views["lee"].geometry.cache_dtype == "int8"
+        assert blend.engine.kv.views["lee"].k_caches[0].dtype == torch.int8
+        reply = blend.chat(HELLO, member="lee", sampling={"max_tokens": 4, "ignore_eos": True})
+        assert reply.usage.completion_tokens == 4
+    assert "int4-g32 weights" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--quantization names unknown members"):
+        blend_of(folders, "--quantization", "bob=int8")
+    with pytest.raises(ValueError, match="unknown quantization"):
+        blend_of(folders, "--quantization", "lee=int3")
+    with pytest.raises(SystemExit):
+        blend_of(folders, "--kv-cache-dtype", "int4")

@@ -12,21 +12,36 @@ import torch
 
 import blendrt._core as _core
 
-#: Storage codes of `_core.paged_attention_cpu`.
+#: Storage codes of `_core.paged_attention_cpu` for q, out and unquantized caches.
 STORAGE_TYPES = {
     torch.float32: _core.StorageType.float32,
     torch.float16: _core.StorageType.float16,
     torch.bfloat16: _core.StorageType.bfloat16,
 }
 SUPPORTED_DTYPES = frozenset(STORAGE_TYPES)
+#: Codes of quantized caches (one byte per value, a float16 scale per (token, head) row).
+QUANTIZED_TYPES = {
+    torch.int8: _core.StorageType.int8,
+    torch.float8_e4m3fn: _core.StorageType.fp8_e4m3,
+}
 
 
-def cache_layout(k_cache: torch.Tensor, v_cache: torch.Tensor, op: str) -> dict[str, int]:
-    """Checks a layer's K/V cache views for the C++ kernels and returns the `_core` arguments
-    that describe them (pointers, page geometry, strides in elements, storage code)."""
+def cache_layout(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    op: str,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> dict[str, int]:
+    """Checks a layer's K/V cache views (and a quantized cache's scale views) for the C++
+    kernels and returns the `_core` arguments that describe them (pointers, page geometry,
+    strides in elements, the cache's storage code)."""
     dtype = k_cache.dtype
-    if dtype not in STORAGE_TYPES:
-        raise ValueError(f"CPU {op} supports {list(STORAGE_TYPES)}, got {dtype}")
+    quantized = dtype in QUANTIZED_TYPES
+    if dtype not in STORAGE_TYPES and not quantized:
+        raise ValueError(f"CPU {op} supports {[*STORAGE_TYPES, *QUANTIZED_TYPES]}, got {dtype}")
+    if quantized != (k_scale is not None) or (k_scale is None) != (v_scale is None):
+        raise ValueError(f"a {dtype} cache needs k_scale and v_scale; a float cache neither")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.device.type != "cpu" or t.dtype != dtype or t.dim() != 4:
             raise ValueError(
@@ -38,7 +53,7 @@ def cache_layout(k_cache: torch.Tensor, v_cache: torch.Tensor, op: str) -> dict[
     if k_cache.stride(3) != 1:
         raise ValueError("the cache's head dim must be contiguous")
     num_pages, tokens_per_page, num_kv_heads, head_dim = k_cache.shape
-    return dict(
+    layout = dict(
         k_cache=k_cache.data_ptr(),
         v_cache=v_cache.data_ptr(),
         num_pages=num_pages,
@@ -48,8 +63,26 @@ def cache_layout(k_cache: torch.Tensor, v_cache: torch.Tensor, op: str) -> dict[
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,
         tokens_per_page=tokens_per_page,
-        dtype=STORAGE_TYPES[dtype],
+        cache_dtype=QUANTIZED_TYPES[dtype] if quantized else STORAGE_TYPES[dtype],
     )
+    if quantized:
+        for name, t in (("k_scale", k_scale), ("v_scale", v_scale)):
+            if (
+                t.device.type != "cpu" or t.dtype != torch.float16
+                or t.shape != (num_pages, tokens_per_page, num_kv_heads) or t.stride(2) != 1
+                or t.stride() != k_scale.stride()
+            ):  # fmt: skip
+                raise ValueError(
+                    f"{name} must be a CPU float16 [{num_pages}, {tokens_per_page}, "
+                    f"{num_kv_heads}] view, heads contiguous, got {t.dtype} {tuple(t.shape)}"
+                )
+        layout |= dict(
+            k_scale=k_scale.data_ptr(),
+            v_scale=v_scale.data_ptr(),
+            scale_page_stride=k_scale.stride(0),
+            scale_token_stride=k_scale.stride(1),
+        )
+    return layout
 
 
 def _check_int32_cpu(name: str, t: torch.Tensor, ndim: int) -> None:
@@ -67,12 +100,16 @@ def paged_attention_cpu(
     scale: float,
     seq_indices: torch.Tensor | None = None,  # [N] int32: the sequences to compute; None: all
     out: torch.Tensor | None = None,  # [T, H_q, D]; rows of other sequences are kept
+    k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16:
+    v_scale: torch.Tensor | None = None,  # the cache is int8 / fp8 (blendrt/ops/kv_quant.py)
 ) -> torch.Tensor:  # [T, H_q, D]
     """Query i of sequence b sits at position context_lens[b] - query_len_b + i and attends
-    to keys 0..that position. float32, float16 or bfloat16; accumulates in float32."""
-    layout = cache_layout(k_cache, v_cache, "paged attention")
-    dtype, num_kv_heads, head_dim = k_cache.dtype, layout["num_kv_heads"], layout["head_dim"]
-    if q.device.type != "cpu" or q.dtype != dtype or q.dim() != 3:
+    to keys 0..that position. float32, float16 or bfloat16 (the cache in q's dtype, or
+    quantized and dequantized as its pages are read); accumulates in float32."""
+    layout = cache_layout(k_cache, v_cache, "paged attention", k_scale, v_scale)
+    num_kv_heads, head_dim = layout["num_kv_heads"], layout["head_dim"]
+    dtype = q.dtype if k_scale is not None else k_cache.dtype
+    if q.device.type != "cpu" or q.dtype != dtype or dtype not in STORAGE_TYPES or q.dim() != 3:
         raise ValueError(
             f"q must be a CPU {dtype} tensor of 3 dims, got {q.device} {q.dtype} {tuple(q.shape)}"
         )
@@ -107,6 +144,7 @@ def paged_attention_cpu(
         num_q_heads=num_q_heads,
         scale=float(scale),
         num_threads=torch.get_num_threads(),
+        dtype=STORAGE_TYPES[dtype],
         **layout,
     )
     return out

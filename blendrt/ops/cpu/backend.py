@@ -33,11 +33,18 @@ class CpuBackend(TorchBackend):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        k_scale: torch.Tensor | None = None,
+        v_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:  # [T, H_q, D]
-        if q.device.type != "cpu" or k_cache.dtype not in SUPPORTED_DTYPES:
-            return super().forward(q, k, v, k_cache, v_cache, meta, scale)
-        store_kv_cpu(k.to(k_cache.dtype), v.to(k_cache.dtype), k_cache, v_cache, meta.slot_mapping)
-        return self._forward_cpu(q, k_cache, v_cache, meta, scale)
+        quantized = k_scale is not None
+        if q.device.type != "cpu" or (k_cache.dtype not in SUPPORTED_DTYPES and not quantized):
+            return super().forward(q, k, v, k_cache, v_cache, meta, scale, k_scale, v_scale)
+        if quantized:
+            store_kv_cpu(k, v, k_cache, v_cache, meta.slot_mapping, k_scale, v_scale)
+        else:
+            k, v = k.to(k_cache.dtype), v.to(k_cache.dtype)
+            store_kv_cpu(k, v, k_cache, v_cache, meta.slot_mapping)
+        return self._forward_cpu(q, k_cache, v_cache, meta, scale, k_scale, v_scale)
 
     def _forward_cpu(
         self,
@@ -46,6 +53,8 @@ class CpuBackend(TorchBackend):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        k_scale: torch.Tensor | None = None,
+        v_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:  # [T, H_q, D]
         cu = meta.cu_seqlens_q_host
         short = [b for b in range(meta.num_seqs) if cu[b + 1] - cu[b] <= MAX_KERNEL_QUERY_LEN]
@@ -58,6 +67,8 @@ class CpuBackend(TorchBackend):
                 meta.block_tables[b],
                 meta.context_lens_host[b],
                 scale,
+                k_scale,
+                v_scale,
             )
         if short:
             paged_attention_cpu(
@@ -70,5 +81,7 @@ class CpuBackend(TorchBackend):
                 scale,
                 seq_indices=torch.tensor(short, dtype=torch.int32),
                 out=out,
+                k_scale=k_scale,
+                v_scale=v_scale,
             )
         return out

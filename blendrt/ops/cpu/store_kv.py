@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 import blendrt._core as _core
-from blendrt.ops.cpu.attention import cache_layout
+from blendrt.ops.cpu.attention import STORAGE_TYPES, cache_layout
 
 
 def store_kv_cpu(
@@ -19,11 +19,14 @@ def store_kv_cpu(
     k_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D]
     v_cache: torch.Tensor,  # [num_pages, tokens_per_page, H_kv, D], k_cache's strides
     slot_mapping: torch.Tensor,  # [T] int32: page * tokens_per_page + offset; -1 = skip
+    k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16: the
+    v_scale: torch.Tensor | None = None,  # cache is int8 / fp8, rows quantized on store
 ) -> None:
-    layout = cache_layout(k_cache, v_cache, "store_kv")
-    dtype, num_kv_heads, head_dim = k_cache.dtype, layout["num_kv_heads"], layout["head_dim"]
+    layout = cache_layout(k_cache, v_cache, "store_kv", k_scale, v_scale)
+    num_kv_heads, head_dim = layout["num_kv_heads"], layout["head_dim"]
+    dtype = k.dtype if k_scale is not None else k_cache.dtype
     for name, t in (("k", k), ("v", v)):
-        if t.device.type != "cpu" or t.dtype != dtype:
+        if t.device.type != "cpu" or t.dtype != dtype or dtype not in STORAGE_TYPES:
             raise ValueError(f"{name} must be a CPU {dtype} tensor, got {t.device} {t.dtype}")
         if t.shape != (slot_mapping.shape[0], num_kv_heads, head_dim):
             raise ValueError(
@@ -40,5 +43,6 @@ def store_kv_cpu(
         k_row_stride=k.stride(0),
         v_row_stride=v.stride(0),
         slot_mapping=slot_mapping.numpy(),
+        dtype=STORAGE_TYPES[dtype],
         **layout,
     )

@@ -11,6 +11,11 @@ Each sequence cuts its own context into up to `num_splits` ranges of whole BLOCK
 least `min_split_len` tokens each), so long contexts spread over the machine and short ones in
 the same batch use fewer splits. On an H100 (D=128, 8 KV heads, fp16) this reached 81-97% of
 copy bandwidth at batch 16-64 with 2k-8k contexts, and 83% at batch 1 with 32k.
+
+With a quantized cache (k_scale/v_scale given: int8 or fp8_e4m3 values, a float16 scale per
+(token, head) row, blendrt/ops/kv_quant.py) stage 1 loads each K/V tile as bytes and its
+rows' scales, dequantizes them in registers (`dequantize_rows`) to q's dtype and runs the same
+dots: one byte per element read at the same tiles (not re-tuned: no GPU measurement yet).
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ import triton
 import triton.language as tl
 
 from blendrt.ops.triton.dtypes import TL_TYPES
+from blendrt.ops.triton.store_kv import (
+    KV_POINTERS,
+    SCALE_ARGS,
+    dequantize_rows,
+    quantized_cache_args,
+)
 
 MIN_SPLIT_TOKENS = 128  # the heuristic gives a split at least this many tokens (H100: 128 beat 256)
 MAX_SPLITS = 64
@@ -36,15 +47,19 @@ def _decode_split_kernel(
     q_ptr,  # [B, H_q, D]
     k_ptr,  # [num_pages, tokens_per_page, H_kv, D], last dim contiguous
     v_ptr,  # [num_pages, tokens_per_page, H_kv, D], last dim contiguous
+    k_scale_ptr,  # [num_pages, tokens_per_page, H_kv] fp16 scales of a quantized cache, or None
+    v_scale_ptr,  # [num_pages, tokens_per_page, H_kv] same strides as k_scale, or None
     block_tables_ptr,  # [B, W] int32, -1 padded
     context_lens_ptr,  # [B] int32
     part_out_ptr,  # [B, H_q, S, D] fp32: each split's normalised output
     part_lse_ptr,  # [B, H_q, S] fp32: each split's log2-sum-exp2, -inf when empty
     scale_log2, tokens_per_page, num_splits, min_split_len,  # scale * log2(e): fp32; ints
     stride_qb, stride_qh, stride_kp, stride_kt, stride_kh, stride_vp, stride_vt, stride_vh,
+    stride_sp, stride_st, stride_sh,  # scale page / token / head strides, or None
     stride_bt,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    KV_DTYPE: tl.constexpr,  # "auto" (the cache holds q's dtype), "int8" or "fp8_e4m3"
 ):  # fmt: skip
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -68,6 +83,9 @@ def _decode_split_kernel(
     bt_row = block_tables_ptr + b * stride_bt
     k_head = k_ptr + kv_head * stride_kh
     v_head = v_ptr + kv_head * stride_vh
+    if KV_DTYPE != "auto":
+        k_scale_head = k_scale_ptr + kv_head * stride_sh
+        v_scale_head = v_scale_ptr + kv_head * stride_sh
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)  # running max, log2 units
     l_i = tl.zeros([BLOCK_G], tl.float32)  # running sum of exp2
@@ -83,6 +101,10 @@ def _decode_split_kernel(
         # NOTE: rows start 16-byte aligned (the launcher checks): lets AOT builds vectorise too.
         k_ptrs = tl.multiple_of(k_head + k_rows[:, None] + offs_d[None, :], [1, 16])
         k = tl.load(k_ptrs, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+        if KV_DTYPE != "auto":
+            scale_rows = page * stride_sp + slot * stride_st  # [BLOCK_N]
+            k_s = tl.load(k_scale_head + scale_rows, mask=mask_n, other=0.0)
+            k = dequantize_rows(k, k_s, KV_DTYPE).to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2  # [BLOCK_G, BLOCK_N]
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every block holds a valid token
@@ -92,6 +114,9 @@ def _decode_split_kernel(
         v_rows = page * stride_vp + slot * stride_vt
         v_ptrs = tl.multiple_of(v_head + v_rows[:, None] + offs_d[None, :], [1, 16])
         v = tl.load(v_ptrs, mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+        if KV_DTYPE != "auto":
+            v_s = tl.load(v_scale_head + scale_rows, mask=mask_n, other=0.0)
+            v = dequantize_rows(v, v_s, KV_DTYPE).to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m_i = m_new
 
@@ -201,16 +226,22 @@ def decode_attention(
     *,
     max_context_len: int,
     num_splits: int | None = None,
+    k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16
+    v_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16
 ) -> torch.Tensor:  # [B, H_q, D] in q's dtype
     """Attention of each sequence's one query over its `context_lens[b]` paged tokens.
 
     `max_context_len` comes from host metadata (no device sync). A forced `num_splits` (tests,
-    tuning) lets splits shrink to one block; otherwise splits hold >= MIN_SPLIT_TOKENS."""
+    tuning) lets splits shrink to one block; otherwise splits hold >= MIN_SPLIT_TOKENS. With
+    k_scale/v_scale the caches are int8 or float8_e4m3fn (blendrt/ops/kv_quant.py), read
+    dequantized to q's dtype."""
     batch, num_q_heads, head_dim = q.shape
     _, tokens_per_page, num_kv_heads, _ = k_cache.shape
     if v_cache.shape != k_cache.shape or k_cache.shape[3] != head_dim:
         raise ValueError(f"cache shapes {k_cache.shape}, {v_cache.shape} don't fit q {q.shape}")
-    if num_q_heads % num_kv_heads or q.dtype != k_cache.dtype or v_cache.dtype != q.dtype:
+    same_dtypes = q.dtype == k_cache.dtype and v_cache.dtype == q.dtype
+    k_cache, v_cache, kv_dtype = quantized_cache_args(k_cache, v_cache, k_scale, v_scale)
+    if num_q_heads % num_kv_heads or (kv_dtype == "auto" and not same_dtypes):
         raise ValueError("q heads must be a multiple of KV heads, and all dtypes equal")
     q = q if _rows_aligned(q) else q.contiguous()
     if not (_rows_aligned(q) and _rows_aligned(k_cache) and _rows_aligned(v_cache)):
@@ -234,11 +265,13 @@ def decode_attention(
         (batch, num_q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device
     )
     part_lse = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
+    # NOTE: None (constexpr) without scales: the unquantized kernel keeps its parameters.
+    scale_strides = (None, None, None) if k_scale is None else k_scale.stride()
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, block_tables, context_lens, part_out, part_lse,
+        q, k_cache, v_cache, k_scale, v_scale, block_tables, context_lens, part_out, part_lse,
         scale * LOG2E, tokens_per_page, num_splits, min_split_len,
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
-        block_tables.stride(0), **split_consts, **split_opts,
+        *scale_strides, block_tables.stride(0), KV_DTYPE=kv_dtype, **split_consts, **split_opts,
     )  # fmt: skip
     _decode_merge_kernel[(batch, num_q_heads)](
         part_out, part_lse, out, num_splits, out.stride(0), out.stride(1),
@@ -247,10 +280,18 @@ def decode_attention(
     return out
 
 
-def aot_targets(head_dim: int, group: int, dtype: torch.dtype) -> list[dict]:
+def aot_targets(
+    head_dim: int, group: int, dtype: torch.dtype, *, capability: int | None = None
+) -> list[dict]:
     """What the launcher compiles at this configuration, for `triton.compile(ASTSource(...))`:
     per kernel, `fn`, `signature` (every argument, constexprs as "constexpr"), `constexprs`,
-    `num_warps`, `num_stages`, all read off `_config`."""
+    `num_warps`, `num_stages`, all read off `_config`: the split kernel over a cache of the
+    model's dtype, and the merge kernel.
+
+    Given a `capability` (as `blendrt.ops.aot.available_targets` passes it; the tiles do not
+    depend on it), the split kernels over int8 and fp8_e4m3 caches follow. NOTE: without one
+    the list stays the unquantized pair, which tests/ops/triton/test_decode_attention.py's
+    AOT check counts (two kernels per configuration)."""
     ty = TL_TYPES[dtype]
     pointers = {
         "q_ptr": f"*{ty}", "k_ptr": f"*{ty}", "v_ptr": f"*{ty}", "out_ptr": f"*{ty}",
@@ -258,13 +299,24 @@ def aot_targets(head_dim: int, group: int, dtype: torch.dtype) -> list[dict]:
         "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "scale_log2": "fp32",
     }  # fmt: skip
     cfg = _config(head_dim, group, dtype)
+    split_consts, split_opts = cfg["split"]
+    merge_consts, merge_opts = cfg["merge"]
+    # No scales: the launcher passes None for them and their strides.
+    unquantized = dict(split_consts, KV_DTYPE="auto") | dict.fromkeys(SCALE_ARGS)
+    kernels = [
+        (_decode_split_kernel, unquantized, pointers, split_opts),
+        (_decode_merge_kernel, merge_consts, pointers, merge_opts),
+    ]
+    for kv_dtype in KV_POINTERS if capability is not None else ():
+        # stride_sh = 1: the pool's scale views keep a token's heads contiguous.
+        consts = dict(split_consts, KV_DTYPE=kv_dtype, stride_sh=1)
+        ptrs = pointers | dict.fromkeys(("k_ptr", "v_ptr"), KV_POINTERS[kv_dtype])
+        ptrs |= dict.fromkeys(("k_scale_ptr", "v_scale_ptr"), "*fp16")
+        kernels.append((_decode_split_kernel, consts, ptrs, split_opts))
     targets = []
-    for fn, (constexprs, options) in (
-        (_decode_split_kernel, cfg["split"]),
-        (_decode_merge_kernel, cfg["merge"]),
-    ):
+    for fn, constexprs, ptrs, options in kernels:
         signature = {
-            name: "constexpr" if name in constexprs else pointers.get(name, "i32")
+            name: "constexpr" if name in constexprs else ptrs.get(name, "i32")
             for name in fn.arg_names
         }
         targets.append(

@@ -7,6 +7,11 @@ Grid (cdiv(max_query_len, TOKENS_M), B, H_kv * HEAD_CHUNKS). GQA heads are packe
 owns the BLOCK_M rows (token, query head) of TOKENS_M consecutive tokens and the HEADS query
 heads sharing one KV head, so each K/V tile feeds all of them. A decode row in a mixed batch
 then fills `group` rows of the tile instead of 1, and short extends waste group-times less.
+
+With a quantized cache (k_scale/v_scale given: int8 or fp8_e4m3 values, a float16 scale per
+(token, head) row, blendrt/ops/kv_quant.py) each K/V tile is loaded as bytes, decoded and
+multiplied by its rows' scales in registers (`dequantize_rows`), then cast to q's dtype for
+the same dots: the tiles, and the bytes read per key, are what change; never a separate pass.
 """
 
 from __future__ import annotations
@@ -18,12 +23,18 @@ import triton
 import triton.language as tl
 
 from blendrt.ops.triton.dtypes import TL_TYPES
+from blendrt.ops.triton.store_kv import (
+    KV_POINTERS,
+    SCALE_ARGS,
+    dequantize_rows,
+    quantized_cache_args,
+)
 
 LOG2E = 1.4426950408889634
 
 
 def extend_config(
-    head_dim: int, group: int, dtype: torch.dtype, capability: int = 90
+    head_dim: int, group: int, dtype: torch.dtype, capability: int = 90, quantized: bool = False
 ) -> dict[str, int]:
     """Tiles and launch options of `extend_attention` (aot_targets reads the same values).
 
@@ -32,16 +43,26 @@ def extend_config(
     D <= 128; at D=256 the [BLOCK_M, 256] fp32 accumulator needs 128x32 tiles to stay
     spill-free. sm_80's mma.sync needs more registers per tile: smaller tiles there. float32
     (tests, CPU-sized models) runs 3xTF32 dots on small tiles; it is not a fast path.
+
+    `quantized` (an int8 / fp8_e4m3 cache): the dequantized K/V tiles live in registers on
+    their way to the dots, and some tiles above then spill (ptxas, Triton 3.6): those take
+    tiles that AOT-compile spill-free for every head dim and group, close to the originals
+    (chosen by compiling, not yet measured on a GPU). Unquantized configs are unchanged.
     """
     block_d = triton.next_power_of_2(head_dim)
     half = {  # max(BLOCK_D, 64) -> BLOCK_M, BLOCK_N, num_warps, num_stages
         90: {64: (128, 64, 8, 3), 128: (128, 64, 8, 3), 256: (128, 32, 8, 2)},
         80: {64: (128, 32, 8, 2), 128: (64, 32, 4, 2), 256: (64, 32, 8, 2)},
     }
+    half_quantized = {  # `half`'s tiles with int8/fp8 K/V spilled (stack bytes, STL):
+        90: {256: (64, 16, 8, 2)},  # 128x32x8w: 72-96 B, 21-27
+        80: {128: (64, 32, 8, 2), 256: (32, 32, 8, 1)},  # 64x32x4w: 8-40 B; 64x32x8w: 48-56 B
+    }
     if dtype == torch.float32:
         block_m, block_n, warps, stages = 32, 32, 4, 2 if block_d <= 128 else 1
     else:
-        tiles = half[90 if capability >= 90 else 80]
+        target = 90 if capability >= 90 else 80
+        tiles = half[target] | (half_quantized[target] if quantized else {})
         block_m, block_n, warps, stages = tiles[max(block_d, 64)]
     heads = min(group, block_m)  # query heads of one KV head per program
     return dict(
@@ -56,18 +77,28 @@ def _tile(
     q, acc, m_i, l_i,  # [BLOCK_M, BLOCK_D] q and fp32 acc, [BLOCK_M] fp32 max and sum
     k_cache_ptr, v_cache_ptr, page, page_off, n,  # [BLOCK_N] page id, offset, position
     kv_head_off, stride_cp, stride_ct, kv_end, pos, scale_log2e,
+    k_scale_ptr, v_scale_ptr, scale_head_off, stride_sp, stride_st,  # quantized caches only
     D: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+    KV_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """Online softmax over one BLOCK_N tile of keys. CAUSAL tiles mask keys past each row's
-    position and past kv_end; the others are visible to every row and load unmasked."""
+    position and past kv_end; the others are visible to every row and load unmasked.
+    Quantized K/V (KV_DTYPE "int8", "fp8_e4m3") are dequantized to q's dtype on load."""
     dims = tl.arange(0, BLOCK_D)
     rows = page.to(tl.int64) * stride_cp + page_off * stride_ct + kv_head_off  # [BLOCK_N]
     ptrs = rows[:, None] + dims[None, :]  # [BLOCK_N, BLOCK_D]
+    if KV_DTYPE != "auto":
+        scale_rows = page.to(tl.int64) * stride_sp + page_off * stride_st + scale_head_off
     if CAUSAL:
         valid = n < kv_end
         mask = valid[:, None] & (dims[None, :] < D)
         k = tl.load(k_cache_ptr + ptrs, mask=mask, other=0.0)
         v = tl.load(v_cache_ptr + ptrs, mask=mask, other=0.0)
+        if KV_DTYPE != "auto":
+            k_s = tl.load(k_scale_ptr + scale_rows, mask=valid, other=0.0)  # [BLOCK_N]
+            v_s = tl.load(v_scale_ptr + scale_rows, mask=valid, other=0.0)
+            k = dequantize_rows(k, k_s, KV_DTYPE).to(q.dtype)
+            v = dequantize_rows(v, v_s, KV_DTYPE).to(q.dtype)
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2e
         visible = (n[None, :] <= pos[:, None]) & valid[None, :]
         qk = tl.where(visible, qk, float("-inf"))  # [BLOCK_M, BLOCK_N]
@@ -80,6 +111,9 @@ def _tile(
         else:
             k = tl.load(k_cache_ptr + ptrs, mask=dims[None, :] < D, other=0.0)
             v = tl.load(v_cache_ptr + ptrs, mask=dims[None, :] < D, other=0.0)
+        if KV_DTYPE != "auto":
+            k = dequantize_rows(k, tl.load(k_scale_ptr + scale_rows), KV_DTYPE).to(q.dtype)
+            v = dequantize_rows(v, tl.load(v_scale_ptr + scale_rows), KV_DTYPE).to(q.dtype)
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
         m_new = tl.maximum(m_i, tl.max(qk, 1) * scale_log2e)
         p = tl.math.exp2(qk * scale_log2e - m_new[:, None])  # one FFMA per score
@@ -111,17 +145,21 @@ def _extend_attention_kernel(
     o_ptr,  # [T, H_q, D]
     k_cache_ptr,  # [num_pages, tokens_per_page, H_kv, D] strided view of the pool
     v_cache_ptr,  # [num_pages, tokens_per_page, H_kv, D] same strides as k_cache
+    k_scale_ptr,  # [num_pages, tokens_per_page, H_kv] fp16 scales of a quantized cache, or None
+    v_scale_ptr,  # [num_pages, tokens_per_page, H_kv] same strides as k_scale, or None
     block_tables_ptr,  # [B, W] int32, -1 padded
     cu_seqlens_q_ptr,  # [B + 1] int32
     context_lens_ptr,  # [B] int32
     scale_log2e,  # fp32: softmax scale * log2(e)
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_cp, stride_ct, stride_ch,  # cache page / token / head strides (elements)
+    stride_sp, stride_st, stride_sh,  # scale page / token / head strides, or None
     stride_bt,  # block table row stride
     tokens_per_page,
     GROUP: tl.constexpr, HEADS: tl.constexpr, TOKENS_M: tl.constexpr,
     HEAD_CHUNKS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    KV_DTYPE: tl.constexpr,  # "auto" (the cache holds q's dtype), "int8" or "fp8_e4m3"
 ):  # fmt: skip
     # Longest-running (last) query blocks of causal prefill start first.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -154,6 +192,7 @@ def _extend_attention_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     table_ptr = block_tables_ptr + b.to(tl.int64) * stride_bt
     kv_head_off = kv_head.to(tl.int64) * stride_ch
+    scale_head_off = kv_head.to(tl.int64) * stride_sh if KV_DTYPE != "auto" else 0
     # Keys [0, full_end) are visible to every row; [full_end, kv_end) straddle the diagonal.
     kv_end = prefix + tl.minimum(tok0 + TOKENS_M, q_len)
     full_end = (prefix + tok0 + 1) // BLOCK_N * BLOCK_N
@@ -166,7 +205,8 @@ def _extend_attention_kernel(
     for _ in range(0, full_end, BLOCK_N):
         acc, m_i, l_i = _tile(
             q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, page, page_off, n, kv_head_off,
-            stride_cp, stride_ct, kv_end, pos, scale_log2e, D, BLOCK_D, False, PRECISION,
+            stride_cp, stride_ct, kv_end, pos, scale_log2e, k_scale_ptr, v_scale_ptr,
+            scale_head_off, stride_sp, stride_st, D, BLOCK_D, False, PRECISION, KV_DTYPE,
         )  # fmt: skip
         n, page_idx, page_off, page = _next_tile(
             table_ptr, n, page_idx, page_off, kv_end, tokens_per_page, step_pages, step_off,
@@ -175,7 +215,8 @@ def _extend_attention_kernel(
     for _ in range(full_end, kv_end, BLOCK_N):
         acc, m_i, l_i = _tile(
             q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, page, page_off, n, kv_head_off,
-            stride_cp, stride_ct, kv_end, pos, scale_log2e, D, BLOCK_D, True, PRECISION,
+            stride_cp, stride_ct, kv_end, pos, scale_log2e, k_scale_ptr, v_scale_ptr,
+            scale_head_off, stride_sp, stride_st, D, BLOCK_D, True, PRECISION, KV_DTYPE,
         )  # fmt: skip
         n, page_idx, page_off, page = _next_tile(
             table_ptr, n, page_idx, page_off, kv_end, tokens_per_page, step_pages, step_off,
@@ -211,18 +252,26 @@ def extend_attention(
     scale: float,
     *,
     max_query_len: int,
+    k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16
+    v_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16
 ) -> torch.Tensor:  # [T, H_q, D]
-    """Causal attention of each sequence's new queries over its whole paged context."""
+    """Causal attention of each sequence's new queries over its whole paged context. With
+    k_scale/v_scale the caches are int8 or float8_e4m3fn (blendrt/ops/kv_quant.py), read
+    dequantized to q's dtype."""
     if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
         raise ValueError(f"bad shapes: q {tuple(q.shape)}, caches {tuple(k_cache.shape)}")
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
-    if k_cache.shape[3] != head_dim or num_heads % num_kv_heads or q.dtype != k_cache.dtype:
-        raise ValueError(
-            f"q {q.shape} {q.dtype} does not fit caches {k_cache.shape} {k_cache.dtype}"
-        )
     if k_cache.stride() != v_cache.stride() or k_cache.stride(3) != 1:
         raise ValueError("k_cache and v_cache need equal strides and a contiguous head dim")
+    cache_dtype = k_cache.dtype
+    k_cache, v_cache, kv_dtype = quantized_cache_args(k_cache, v_cache, k_scale, v_scale)
+    if (
+        k_cache.shape[3] != head_dim
+        or num_heads % num_kv_heads
+        or (kv_dtype == "auto" and q.dtype != cache_dtype)
+    ):
+        raise ValueError(f"q {q.shape} {q.dtype} does not fit caches {k_cache.shape} {cache_dtype}")
     q = q if q.stride(2) == 1 else q.contiguous()
     block_tables = block_tables.to(torch.int32)  # no-op for the engine's int32 metadata
     out = torch.empty_like(q)  # [T, H_q, D]
@@ -231,22 +280,24 @@ def extend_attention(
     if num_tokens == 0 or num_seqs == 0 or max_query_len == 0:
         return out
     group = num_heads // num_kv_heads
-    cfg = extend_config(head_dim, group, q.dtype, _capability(q.device))
+    cfg = extend_config(head_dim, group, q.dtype, _capability(q.device), kv_dtype != "auto")
     grid = (
         triton.cdiv(max_query_len, cfg["TOKENS_M"]),
         num_seqs,
         num_kv_heads * cfg["HEAD_CHUNKS"],
     )
+    # NOTE: None (constexpr) without scales: the unquantized kernel keeps its parameters.
+    scale_strides = (None, None, None) if k_scale is None else k_scale.stride()
     _extend_attention_kernel[grid](
-        q, out, k_cache, v_cache, block_tables, cu_seqlens_q.to(torch.int32),
+        q, out, k_cache, v_cache, k_scale, v_scale, block_tables, cu_seqlens_q.to(torch.int32),
         context_lens.to(torch.int32), scale * LOG2E,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
-        k_cache.shape[1],
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), *scale_strides,
+        block_tables.stride(0), k_cache.shape[1],
         GROUP=group, HEADS=cfg["HEADS"], TOKENS_M=cfg["TOKENS_M"],
         HEAD_CHUNKS=cfg["HEAD_CHUNKS"], D=head_dim, BLOCK_M=cfg["BLOCK_M"],
         BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], PRECISION=_precision(q.dtype),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        KV_DTYPE=kv_dtype, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return out
 
@@ -254,24 +305,41 @@ def extend_attention(
 def aot_targets(
     head_dim: int, group: int, dtype: torch.dtype, *, capability: int = 90
 ) -> list[dict]:
-    """The kernel extend_attention launches at this configuration (ahead-of-time compiles)."""
-    cfg = extend_config(head_dim, group, dtype, capability)
+    """The kernels extend_attention launches at this configuration (ahead-of-time compiles):
+    over a cache of the model's dtype, then over int8 and fp8_e4m3 caches."""
     ints = [
         "stride_qt", "stride_qh", "stride_ot", "stride_oh", "stride_cp", "stride_ct",
-        "stride_ch", "stride_bt", "tokens_per_page",
+        "stride_ch", "stride_sp", "stride_st", "stride_sh", "stride_bt", "tokens_per_page",
     ]  # fmt: skip
+    # NOTE: strides are multiples of D (and of 16) elements; a scale page is page_bytes / 2.
+    divisible = ["stride_qt", "stride_qh", "stride_ot", "stride_oh", "stride_cp", "stride_ct",
+                 "stride_ch"]  # fmt: skip
     tiles = ("HEADS", "TOKENS_M", "HEAD_CHUNKS", "BLOCK_M", "BLOCK_N", "BLOCK_D")
-    consts = dict(GROUP=group, D=head_dim, PRECISION=_precision(dtype))
-    consts |= {k: cfg[k] for k in tiles}
     ptr = "*" + TL_TYPES[dtype]
-    signature = dict.fromkeys(("q_ptr", "o_ptr", "k_cache_ptr", "v_cache_ptr"), ptr)
-    signature |= dict.fromkeys(("block_tables_ptr", "cu_seqlens_q_ptr", "context_lens_ptr"), "*i32")
-    signature |= {"scale_log2e": "fp32"} | dict.fromkeys(ints, "i32")
-    signature |= dict.fromkeys(consts, "constexpr")
-    return [
-        dict(
-            fn=_extend_attention_kernel, signature=signature, constexprs=consts,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-            divisible_by_16=ints[:-2],  # strides are multiples of D (and of 16) elements
+    targets = []
+    for kv_dtype in ("auto", *KV_POINTERS):
+        cfg = extend_config(head_dim, group, dtype, capability, quantized=kv_dtype != "auto")
+        consts = dict(GROUP=group, D=head_dim, PRECISION=_precision(dtype), KV_DTYPE=kv_dtype)
+        consts |= {k: cfg[k] for k in tiles}
+        cache = ptr if kv_dtype == "auto" else KV_POINTERS[kv_dtype]
+        signature = dict.fromkeys(("q_ptr", "o_ptr"), ptr)
+        signature |= dict.fromkeys(("k_cache_ptr", "v_cache_ptr"), cache)
+        if kv_dtype == "auto":  # no scales: the launcher passes None for them and strides
+            consts |= dict.fromkeys(SCALE_ARGS)
+        else:
+            signature |= dict.fromkeys(("k_scale_ptr", "v_scale_ptr"), "*fp16")
+            consts |= dict(stride_sh=1)  # the pool's scale views: heads are contiguous
+        signature |= dict.fromkeys(
+            ("block_tables_ptr", "cu_seqlens_q_ptr", "context_lens_ptr"), "*i32"
         )
-    ]  # fmt: skip
+        signature |= {"scale_log2e": "fp32"} | dict.fromkeys(ints, "i32")
+        signature |= dict.fromkeys(consts, "constexpr")
+        targets.append(
+            dict(
+                fn=_extend_attention_kernel,
+                signature={n: signature[n] for n in _extend_attention_kernel.arg_names},
+                constexprs=consts, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                divisible_by_16=divisible + (["stride_sp"] if kv_dtype != "auto" else []),
+            )
+        )  # fmt: skip
+    return targets
