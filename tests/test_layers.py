@@ -24,7 +24,7 @@ LAYERS = [
     ),
     ("blend", ["blendrt.blend", "blendrt.blend_stream"]),
     ("turns", ["blendrt.prepare", "blendrt.truncation", "blendrt.turn", "blendrt.policy"]),
-    ("engine", ["blendrt.engine"]),
+    ("engine", ["blendrt.engine", "blendrt.plan", "blendrt.plan_search"]),
     (
         "scheduler",
         [

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from blendrt.cli import chat, serve
+from blendrt.cli import chat, plan, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     chat.add_args(sub.add_parser("chat", help="chat with a blend in the terminal"))
     serve.add_args(sub.add_parser("serve", help="an OpenAI-compatible HTTP server for a blend"))
+    plan.add_args(sub.add_parser("plan", help="what a blend needs and what fits, before loading"))
     from blendrt.bench.main import add_args as add_bench_args
     from blendrt.bench.main import run as run_bench
 
