@@ -9,7 +9,8 @@ On ../shared/models/stories260K the text is its own 200-token greedy continuatio
 reference file); random members of real shapes score a random token sequence.
 Memory: weight bytes as allocated and KV bytes per token / tokens per page per setting, and
 the peak RSS of a process loading a larger float checkpoint at each precision.
-Speed: a CPU decode step at each weight precision (3 interleaved repeats, median).
+Speed: a CPU decode step at each weight precision (interleaved repeats, median), and one
+decoder layer's linears alone at 1, 4 and 16 rows (best of the repeats).
 
   python benchmarks/bench_quant.py [--json out.json]
 """
@@ -31,7 +32,11 @@ from blendrt import EngineConfig, load_model
 from blendrt.bench.shapes import make_shape_member
 from blendrt.engine.engine import LLMEngine
 from blendrt.engine.loop import run_in_fresh_thread
+from blendrt.ops.cpu.linear import PackedLinear
+from blendrt.ops.quant_linear import QuantLinear
 from blendrt.sampling import SamplingParams
+
+LINEARS = (torch.nn.Linear, PackedLinear, QuantLinear)
 
 STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
 WEIGHTS = ("int8", "int4-g32", "int4-g64", "int4-g128", "int4-g32-zp", "int4-g128-zp")
@@ -132,10 +137,32 @@ def decode_ms(folder: Path, scheme: str, seqs: int, steps: int) -> float:
     return run_in_fresh_thread(run)
 
 
+def linear_us(folder: Path, scheme: str, tokens: int, repeats: int) -> float:
+    """Microseconds for all of one decoder layer's linears at `tokens` rows (best of
+    `repeats` timings of 100 calls): the bytes-read part of a decode step, without the rest."""
+
+    def run() -> float:
+        model = load_model(folder, quantization=None if scheme == "fp32" else scheme)
+        layer = model.model.layers[0]
+        linears = [m for m in layer.modules() if isinstance(m, LINEARS)]
+        xs = [torch.randn(tokens, m.in_features) for m in linears]
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(100):
+                for m, x in zip(linears, xs, strict=True):
+                    m(x)
+            best = min(best, (time.perf_counter() - start) / 100 * 1e6)
+        return best
+
+    return run_in_fresh_thread(run)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed-shape", default="vicuna-13b:8:8", help="member for speed/RSS")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     report: dict = {"accuracy": {}, "kv": {}}
@@ -170,10 +197,13 @@ def main() -> None:
     run_in_fresh_thread(lambda: make_shape_member(args.speed_shape, big, seed=9))
     report["load"] = {s: load_rss(big, s) for s in ("fp32", "int8", "int4-g128")}
     times: dict[str, list[float]] = {s: [] for s in ("fp32", "int8", "int4-g128")}
-    for _ in range(3):
+    for _ in range(args.repeats):
         for s in times:
             times[s].append(decode_ms(big, s, 4, args.steps))
     report["decode_ms"] = {s: {"median": statistics.median(t), "runs": t} for s, t in times.items()}
+    report["layer_linears_us"] = {
+        s: {t: linear_us(big, s, t, args.repeats) for t in (1, 4, 16)} for s in times
+    }
     report["speed_shape"] = args.speed_shape
     for name, rows in report["accuracy"].items():
         print(f"\n{name}: setting, max|dlogprob|, mean KL, greedy agreement, perplexity, MiB")
@@ -184,6 +214,7 @@ def main() -> None:
     print("\nKV bytes per token / tokens per page:", json.dumps(report["kv"]))
     print("loading", args.speed_shape, json.dumps(report["load"]))
     print("decode ms per step (4 seqs):", json.dumps(report["decode_ms"]))
+    print("one layer's linears, us by rows:", json.dumps(report["layer_linears_us"]))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 
