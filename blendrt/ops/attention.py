@@ -4,6 +4,13 @@ A backend stores the new tokens' K/V into a member's pages and computes attentio
 queries over everything the sequence has cached plus themselves (causally). One call handles
 a mixed batch: sequences prefilling many tokens after a cached prefix and sequences decoding
 one token. Models never see pages: they hand q/k/v and the layer's cache views to the backend.
+
+Two per-layer options follow transformers 5.x: a sliding `window` (query at position p sees
+keys j with p - window < j <= p; 0 = none) and attention-logit soft-capping (`softcap`:
+scores s = (q . k) * scale become softcap * tanh(s / softcap) before masking; 0 = off).
+NOTE: with a window, pages wholly before every future query's window are released while the
+sequence runs: their block-table entries become -1 and the pages may be reused. A backend
+reads a sequence's table from the page of `first_visible_key(...)` on, never before it.
 """
 
 from __future__ import annotations
@@ -37,6 +44,17 @@ class AttentionMetadata:
         return self.max_query_len == 1
 
 
+def first_visible_key(first_query_pos: int, window: int) -> int:
+    """The first key position any query at or after `first_query_pos` can see: the page that
+    holds it is the first one a backend may read (entries before it may be -1)."""
+    return max(0, first_query_pos - window + 1) if window > 0 else 0
+
+
+def softcap_scores(scores: torch.Tensor, softcap: float) -> torch.Tensor:
+    """Gemma-2's attn_logit_softcapping on already-scaled scores; softcap <= 0: unchanged."""
+    return softcap * torch.tanh(scores / softcap) if softcap > 0 else scores
+
+
 class AttentionBackend(ABC):
     """Paged attention for one layer of one member."""
 
@@ -54,7 +72,11 @@ class AttentionBackend(ABC):
         scale: float,
         k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16
         v_scale: torch.Tensor | None = None,  # given: the cache is quantized (int8 / fp8)
+        *,
+        window: int = 0,  # > 0: each query sees only the last `window` positions
+        softcap: float = 0.0,  # > 0: scores -> softcap * tanh(scores / softcap)
     ) -> torch.Tensor:  # [T, H_q, D]
         """Stores k/v at meta.slot_mapping, then attends each new query to its sequence's
-        cached tokens and, causally, to the new ones. With scales, the cache holds
-        quantized rows (blendrt/ops/kv_quant.py): quantized on store, dequantized on load."""
+        cached tokens and, causally, to the new ones (within `window`, soft-capped by
+        `softcap`). With scales, the cache holds quantized rows (blendrt/ops/kv_quant.py):
+        quantized on store, dequantized on load."""

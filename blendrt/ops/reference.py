@@ -11,7 +11,12 @@ from collections.abc import Collection
 import torch
 import torch.nn.functional as F
 
-from blendrt.ops.attention import AttentionBackend, AttentionMetadata
+from blendrt.ops.attention import (
+    AttentionBackend,
+    AttentionMetadata,
+    first_visible_key,
+    softcap_scores,
+)
 from blendrt.ops.kv_quant import cache_dtype_of, dequantize_kv_reference, quantize_kv_reference
 
 
@@ -44,16 +49,33 @@ def gather_pages(
     block_table: torch.Tensor,  # [W] page ids
     num_tokens: int,
     scales: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv]: dequantize
-) -> torch.Tensor:  # [num_tokens, H_kv, D] (float32 when dequantized)
+    first_token: int = 0,
+) -> torch.Tensor:  # [num_tokens - first_token, H_kv, D] (float32 when dequantized)
+    """Tokens [first_token, num_tokens) of one sequence. NOTE: only the table's entries from
+    the page of `first_token` on are read (those before may be -1: released pages)."""
     tokens_per_page = cache.shape[1]
+    first_page = first_token // tokens_per_page
     num_pages = -(-num_tokens // tokens_per_page)
-    table = block_table[:num_pages].long()
-    pages = cache[table]  # [num_pages, tokens_per_page, H_kv, D]
-    rows = pages.reshape(-1, *cache.shape[2:])[:num_tokens]
+    table = block_table[first_page:num_pages].long()
+    skip = first_token - first_page * tokens_per_page
+    rows = cache[table].reshape(-1, *cache.shape[2:])  # [pages * tokens_per_page, H_kv, D]
+    rows = rows[skip : num_tokens - first_page * tokens_per_page]
     if scales is None:
         return rows
-    row_scales = scales[table].reshape(-1, cache.shape[2])[:num_tokens]
+    row_scales = scales[table].reshape(-1, cache.shape[2])
+    row_scales = row_scales[skip : num_tokens - first_page * tokens_per_page]
     return dequantize_kv_reference(rows, row_scales, torch.float32)
+
+
+def visible_mask(
+    query_pos: torch.Tensor,  # [Lq] absolute positions
+    key_pos: torch.Tensor,  # [S] absolute positions
+    window: int = 0,
+) -> torch.Tensor:  # [Lq, S] bool: causal, and within the window when window > 0
+    mask = key_pos[None, :] <= query_pos[:, None]
+    if window > 0:
+        mask &= key_pos[None, :] > query_pos[:, None] - window
+    return mask
 
 
 def paged_attention_reference(
@@ -67,26 +89,37 @@ def paged_attention_reference(
     skip: Collection[int] = (),
     k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv]: quantized
     v_scale: torch.Tensor | None = None,
+    *,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> torch.Tensor:  # [T, H_q, D]
-    """Query i of sequence b sits at position context_lens[b] - query_len_b + i and attends
-    to keys 0..that position. Computed in float32. Rows of sequences in `skip` are left
-    unwritten (the caller fills them)."""
+    """Query i of sequence b sits at position p = context_lens[b] - query_len_b + i and
+    attends to keys j <= p (and p - window < j with a window), its scores soft-capped when
+    softcap > 0. Computed in float32. Rows of sequences in `skip` are left unwritten (the
+    caller fills them). Reads no block-table entry before the first visible key's page."""
     out = torch.empty_like(q)
     group = q.shape[1] // k_cache.shape[2]
     for b, context_len in enumerate(context_lens):
         start, end = cu_seqlens_q[b], cu_seqlens_q[b + 1]
         if end == start or b in skip:
             continue
-        keys = gather_pages(k_cache, block_tables[b], context_len, k_scale).float()
-        values = gather_pages(v_cache, block_tables[b], context_len, v_scale).float()
+        first = first_visible_key(context_len - (end - start), window)
+        keys = gather_pages(k_cache, block_tables[b], context_len, k_scale, first).float()
+        values = gather_pages(v_cache, block_tables[b], context_len, v_scale, first).float()
         keys = keys.repeat_interleave(group, dim=1).transpose(0, 1)  # [H_q, S, D]
         values = values.repeat_interleave(group, dim=1).transpose(0, 1)
         queries = q[start:end].float().transpose(0, 1)  # [H_q, Lq, D]
         query_pos = torch.arange(context_len - (end - start), context_len, device=q.device)
-        mask = torch.arange(context_len, device=q.device)[None, :] <= query_pos[:, None]
-        attn = F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=mask, scale=scale
-        )  # [H_q, Lq, D]
+        key_pos = torch.arange(first, context_len, device=q.device)
+        mask = visible_mask(query_pos, key_pos, window)  # [Lq, S]
+        if softcap > 0:
+            scores = softcap_scores(queries @ keys.transpose(1, 2) * scale, softcap)
+            probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            attn = probs @ values  # [H_q, Lq, D]
+        else:
+            attn = F.scaled_dot_product_attention(
+                queries, keys, values, attn_mask=mask, scale=scale
+            )  # [H_q, Lq, D]
         out[start:end] = attn.transpose(0, 1).to(q.dtype)
     return out
 
@@ -108,6 +141,9 @@ class ReferenceBackend(AttentionBackend):
         scale: float,
         k_scale: torch.Tensor | None = None,
         v_scale: torch.Tensor | None = None,
+        *,
+        window: int = 0,
+        softcap: float = 0.0,
     ) -> torch.Tensor:  # [T, H_q, D]
         store_kv_reference(k, v, k_cache, v_cache, meta.slot_mapping, k_scale, v_scale)
         return paged_attention_reference(
@@ -120,4 +156,6 @@ class ReferenceBackend(AttentionBackend):
             scale,
             k_scale=k_scale,
             v_scale=v_scale,
+            window=window,
+            softcap=softcap,
         )
