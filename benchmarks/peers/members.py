@@ -20,7 +20,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from blendrt.bench.shapes import make_shape_member
-from blendrt.models.config import ModelConfig
+from blendrt.models.hf_config import parse_hf_config
 
 #: {set name: ((member, shape spec), ...)}; a spec is NAME:WIDTH_DIV:DEPTH_DIV.
 MEMBER_SETS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -74,7 +74,7 @@ def build_members(set_name: str, cache: Path, converter: list[str]) -> list[Memb
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"converting {folder} to GGUF failed:\n{done.stderr[-2000:]}")
-        c = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
+        c = parse_hf_config(json.loads((folder / "config.json").read_text()))
         kv = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4
         members.append(Member(name, spec, folder, gguf, _num_params(folder), kv))
     return members

@@ -4,18 +4,38 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
-#: {HF architecture name: blendrt family}
+#: {HF architecture name: blendrt family (one model file each)}
 ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "llama",
+    "Qwen3ForCausalLM": "llama",
+    "Phi3ForCausalLM": "llama",
+    "Gemma2ForCausalLM": "gemma",
+    "Gemma3ForCausalLM": "gemma",
     "GPTJForCausalLM": "gptj",
+    "GPTNeoXForCausalLM": "gpt_neox",
+    "GPT2LMHeadModel": "gpt2",
 }
-_MODEL_TYPES = {
+#: {config.json model_type: HF architecture}, for configs that name no architecture
+MODEL_TYPES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
     "gptj": "GPTJForCausalLM",
+    "gpt_neox": "GPTNeoXForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+}
+#: {activation name as blendrt spells it: what transformers calls it in config.json}
+ACTIVATIONS = {
+    "silu": ("silu", "swish"),
+    "gelu": ("gelu",),  # exact erf GELU
+    "gelu_tanh": ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"),  # tanh approximation
 }
 
 
@@ -67,6 +87,10 @@ LIMITS = {
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """One member's architecture, read from config.json by `hf_config.parse_hf_config`.
+
+    Fields past `rope` default to Llama's choices; each family's parser sets what differs."""
+
     architecture: str  # a key of ARCHITECTURES
     vocab_size: int
     hidden_size: int
@@ -75,16 +99,28 @@ class ModelConfig:
     num_kv_heads: int
     head_dim: int
     intermediate_size: int
-    max_position_embeddings: int
-    rope: RopeConfig
+    max_position_embeddings: int  # the serving window (declared, capped by max_model_len)
+    rope: RopeConfig | None  # None: learned absolute positions (GPT-2)
     norm_eps: float
     tie_word_embeddings: bool = False
-    attention_bias: bool = False
+    qkv_bias: bool = False
+    o_proj_bias: bool = False
     mlp_bias: bool = False
+    hidden_act: str = "silu"  # a key of ACTIVATIONS
+    qk_norm: bool = False  # RMSNorm over each head of q and k before rotary (Qwen3, Gemma3)
+    layer_windows: tuple[int, ...] = ()  # {layer: sliding window, 0 = global}; () = none
+    local_rope: RopeConfig | None = None  # rotary of the windowed layers, when it differs
+    attn_logit_softcap: float = 0.0  # 0 = off (Gemma 2)
+    final_logit_softcap: float = 0.0
+    query_pre_attn_scalar: float | None = None  # softmax scale = its -1/2 (Gemma)
+    parallel_residual: bool = False  # x + attn(ln(x)) + mlp(ln'(x)) (GPT-J, GPT-NeoX)
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
-    family: str = field(init=False)  # "llama" | "gptj"
+    family: str = field(init=False)  # a value of ARCHITECTURES: picks the model class
     softmax_scale: float = field(init=False)
+    #: Tokens back from a query that any layer can still see (0: unbounded). Pages wholly
+    #: before every layer's window are released while a sequence runs.
+    release_window: int = field(init=False)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -117,163 +153,43 @@ class ModelConfig:
                 f"num_heads ({self.num_heads}) must be a multiple of "
                 f"num_kv_heads ({self.num_kv_heads})"
             )
-        if self.rope.rotary_dim > self.head_dim:
-            raise ValueError(f"rotary_dim {self.rope.rotary_dim} exceeds head_dim {self.head_dim}")
+        for rope in (self.rope, self.local_rope):
+            if rope is not None and rope.rotary_dim > self.head_dim:
+                raise ValueError(f"rotary_dim {rope.rotary_dim} exceeds head_dim {self.head_dim}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} is not supported: use one of "
+                + ", ".join(sorted(ACTIVATIONS))
+            )
+        self._check_windows()
+        for name in ("attn_logit_softcap", "final_logit_softcap"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        scalar = self.query_pre_attn_scalar
+        if scalar is not None and not (math.isfinite(scalar) and scalar > 0):
+            raise ValueError(f"query_pre_attn_scalar must be positive, got {scalar!r}")
         object.__setattr__(self, "family", ARCHITECTURES[self.architecture])
-        object.__setattr__(self, "softmax_scale", 1.0 / math.sqrt(self.head_dim))
+        object.__setattr__(self, "softmax_scale", (scalar or self.head_dim) ** -0.5)
+        windows = self.layer_windows
+        bounded = bool(windows) and all(windows)
+        object.__setattr__(self, "release_window", max(windows) if bounded else 0)
 
-    @classmethod
-    def from_hf(cls, hf: dict[str, Any], *, max_model_len: int | None = None) -> ModelConfig:
-        """Reads a Hugging Face config.json dict (transformers 4 or 5 layout)."""
-        if not isinstance(hf, dict):
-            raise ValueError("config.json must hold a JSON object")
-        arch = _architecture(hf)
-        eos = hf.get("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
-        common = dict(bos_token_id=hf.get("bos_token_id"), eos_token_ids=eos_ids)
-        if max_model_len is not None and (not isinstance(max_model_len, int) or max_model_len < 1):
-            raise ValueError(f"max_model_len must be a positive int, got {max_model_len!r}")
-        if ARCHITECTURES[arch] == "gptj":
-            return _gptj_config(hf, arch, common, max_model_len)
-        return _llama_config(hf, arch, common, max_model_len)
+    def _check_windows(self) -> None:
+        if self.layer_windows and len(self.layer_windows) != self.num_layers:
+            raise ValueError(
+                f"{len(self.layer_windows)} layer windows for {self.num_layers} layers"
+            )
+        for w in self.layer_windows:
+            if type(w) is not int or not 0 <= w <= LIMITS["max_position_embeddings"]:
+                raise ValueError(f"a sliding window must be an int >= 0, got {w!r}")
 
-
-def _architecture(hf: dict[str, Any]) -> str:
-    archs = hf.get("architectures") or []
-    for arch in archs:
-        if arch in ARCHITECTURES:
-            return arch
-    if not archs and hf.get("model_type") in _MODEL_TYPES:
-        return _MODEL_TYPES[hf["model_type"]]
-    found = ", ".join(archs) or f"model_type={hf.get('model_type')!r}"
-    raise ValueError(
-        f"unsupported architecture ({found}); supported: " + ", ".join(sorted(ARCHITECTURES))
-    )
-
-
-def _require(hf: dict[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if hf.get(key) is not None:
-            return hf[key]
-    raise ValueError(f"config.json lacks {' / '.join(keys)}")
-
-
-def _int(hf: dict[str, Any], *keys: str, default: int | None = None) -> int:
-    """A positive int field (the first of `keys` present), named in the error if not."""
-    key = next((k for k in keys if hf.get(k) is not None), None)
-    value = hf[key] if key is not None else default
-    if value is None:
-        raise ValueError(f"config.json lacks {' / '.join(keys)}")
-    if type(value) is not int or value < 1:
-        raise ValueError(f"config.json: {key or keys[0]} must be a positive int, got {value!r}")
-    return value
-
-
-def _float(hf: dict[str, Any], key: str, default: float) -> float:
-    value = hf.get(key, default)
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise ValueError(f"config.json: {key} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _bool(hf: dict[str, Any], key: str, default: bool = False) -> bool:
-    value = hf.get(key, default)
-    if value is None:
-        return default
-    if type(value) is not bool:
-        raise ValueError(f"config.json: {key} must be true or false, got {value!r}")
-    return value
-
-
-def _llama_rope(hf: dict[str, Any], head_dim: int) -> RopeConfig:
-    # transformers 5 writes rope_parameters (theta inside); 4.x writes rope_theta + rope_scaling.
-    key = "rope_parameters" if hf.get("rope_parameters") is not None else "rope_scaling"
-    params = hf.get(key) or {}
-    if not isinstance(params, dict):
-        raise ValueError(f"config.json: {key} must be an object, got {params!r}")
-    theta = _float(params, "rope_theta", _float(hf, "rope_theta", 10000.0))
-    kind = params.get("rope_type", params.get("type", "default"))
-    if hf.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError("partial_rotary_factor != 1 is not supported for Llama-family models")
-    return RopeConfig(
-        theta=theta,
-        rotary_dim=head_dim,
-        scaling=kind,
-        factor=_float(params, "factor", 1.0),
-        low_freq_factor=_float(params, "low_freq_factor", 1.0),
-        high_freq_factor=_float(params, "high_freq_factor", 4.0),
-        original_max_position_embeddings=_int(
-            params, "original_max_position_embeddings", default=8192
-        ),
-    )
-
-
-def _llama_config(
-    hf: dict[str, Any], arch: str, common: dict[str, Any], max_model_len: int | None
-) -> ModelConfig:
-    hidden = _int(hf, "hidden_size")
-    heads = _int(hf, "num_attention_heads")
-    if hf.get("head_dim") is None and hidden % heads:
-        raise ValueError(f"config.json: hidden_size {hidden} is not a multiple of {heads} heads")
-    head_dim = _int(hf, "head_dim", default=hidden // heads)
-    context = serving_window(_int(hf, "max_position_embeddings", default=2048), max_model_len)
-    window = hf.get("sliding_window")
-    if window is not None and window < context:
-        raise ValueError(
-            f"{arch}: sliding_window={window} is below the context length {context}, and "
-            f"sliding-window attention is not supported yet; load with max_model_len <= {window}"
-        )
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{arch}: hidden_act {hf['hidden_act']!r} is not supported (silu only)")
-    return ModelConfig(
-        architecture=arch,
-        vocab_size=_int(hf, "vocab_size"),
-        hidden_size=hidden,
-        num_layers=_int(hf, "num_hidden_layers"),
-        num_heads=heads,
-        num_kv_heads=_int(hf, "num_key_value_heads", default=heads),
-        head_dim=head_dim,
-        intermediate_size=_int(hf, "intermediate_size"),
-        max_position_embeddings=context,
-        rope=_llama_rope(hf, head_dim),
-        norm_eps=_float(hf, "rms_norm_eps", 1e-6),
-        tie_word_embeddings=_bool(hf, "tie_word_embeddings"),
-        attention_bias=_bool(hf, "attention_bias"),
-        mlp_bias=_bool(hf, "mlp_bias"),
-        **common,
-    )
+    def window(self, layer_idx: int) -> int:
+        """The layer's sliding window in tokens (0: it sees the whole sequence)."""
+        return self.layer_windows[layer_idx] if self.layer_windows else 0
 
 
 def serving_window(declared: int, max_model_len: int | None) -> int:
     """The serving window: the declared positions, capped by max_model_len (the one place
     the cap is applied: model configs at load, the engine for members loaded without it)."""
     return min(declared, max_model_len) if max_model_len else declared
-
-
-def _gptj_config(
-    hf: dict[str, Any], arch: str, common: dict[str, Any], max_model_len: int | None
-) -> ModelConfig:
-    hidden = _int(hf, "n_embd", "hidden_size")
-    heads = _int(hf, "n_head", "num_attention_heads")
-    if hidden % heads:
-        raise ValueError(f"config.json: n_embd {hidden} is not a multiple of {heads} heads")
-    head_dim = hidden // heads
-    if hf.get("activation_function", "gelu_new") != "gelu_new":
-        raise ValueError(f"{arch}: activation {hf['activation_function']!r} is not supported")
-    return ModelConfig(
-        architecture=arch,
-        vocab_size=_int(hf, "vocab_size"),
-        hidden_size=hidden,
-        num_layers=_int(hf, "n_layer", "num_hidden_layers"),
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=head_dim,
-        intermediate_size=_int(hf, "n_inner", default=4 * hidden),
-        max_position_embeddings=serving_window(
-            _int(hf, "n_positions", default=2048), max_model_len
-        ),
-        rope=RopeConfig(rotary_dim=_int(hf, "rotary_dim", default=head_dim), interleaved=True),
-        norm_eps=_float(hf, "layer_norm_epsilon", 1e-5),
-        tie_word_embeddings=_bool(hf, "tie_word_embeddings"),
-        **common,
-    )

@@ -21,7 +21,7 @@ class GPTJBlock(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
-        self.attn = PagedAttention(config, layer_idx, bias=False)
+        self.attn = PagedAttention(config, layer_idx)
         self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
 
@@ -38,7 +38,13 @@ class GPTJModel(nn.Module):
         self.layers = nn.ModuleList(GPTJBlock(config, i) for i in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
-        self.rotary = RotaryEmbedding(config.rope, config.max_position_embeddings)
+        self.build_rotary()
+
+    def build_rotary(self) -> None:
+        self.rotary = RotaryEmbedding(self.config.rope, self.config.max_position_embeddings)
+
+    def ensure_positions(self, num_positions: int) -> None:
+        self.rotary.ensure(num_positions)
 
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """input_ids: [T] -> final hidden states [T, hidden]."""

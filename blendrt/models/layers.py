@@ -104,39 +104,81 @@ class RotaryEmbedding(nn.Module):
 
 
 class PagedAttention(nn.Module):
-    """Fused QKV projection, rotary embedding, paged attention through the backend, output
-    projection."""
+    """Fused QKV projection, optional per-head q/k RMSNorm (Qwen3, Gemma 3), rotary
+    embedding, paged attention through the backend (with the layer's sliding window and
+    logit soft-cap), output projection."""
 
-    def __init__(self, config: ModelConfig, layer_idx: int, bias: bool) -> None:
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
         self.scale = config.softmax_scale
+        self.window = config.window(layer_idx)  # 0: global
+        self.softcap = config.attn_logit_softcap  # 0: off
         q_size = self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
         self.split = (q_size, kv_size, kv_size)
-        self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=bias)
-        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=bias)
+        self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.o_proj_bias)
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
 
-    def forward(self, x: torch.Tensor, rope: RopeTables, ctx: ForwardContext) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: RopeTables | None, ctx: ForwardContext
+    ) -> torch.Tensor:
+        """x [T, hidden] -> [T, hidden]; rope None: positions are not rotary (GPT-2)."""
         qkv = self.qkv_proj(x)  # [T, (H_q + 2 H_kv) * D]
         num_qk = self.num_heads + self.num_kv_heads
         # q and k rotate together (in place on the CPU): one call for both.
         qk = qkv[:, : num_qk * self.head_dim].view(-1, num_qk, self.head_dim)
-        qk = layer_ops.rotary(qk, rope)
+        if self.q_norm is not None:  # over each head's D values
+            q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
+            q = self.q_norm(q.reshape(-1, self.head_dim))[0].view(q.shape)
+            k = self.k_norm(k.reshape(-1, self.head_dim))[0].view(k.shape)
+            qk = torch.cat([q, k], dim=1)
+        if rope is not None:
+            qk = layer_ops.rotary(qk, rope)
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = qkv[:, num_qk * self.head_dim :].view(-1, self.num_kv_heads, self.head_dim)
         kv, i = ctx.kv, self.layer_idx
+        # NOTE: a windowed layer reads only the pages its window reaches; the scheduler
+        # releases pages before every layer's window (ModelConfig.release_window).
         out = ctx.backend.forward(
             q, k, v, kv.k_caches[i], kv.v_caches[i], ctx.attn, self.scale,
             None if kv.k_scales is None else kv.k_scales[i],
             None if kv.v_scales is None else kv.v_scales[i],
+            **_window_args(self.window, self.softcap),
         )  # fmt: skip
         return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
+
+
+def _window_args(window: int, softcap: float) -> dict:
+    return {"window": window, "softcap": softcap} if window or softcap else {}
 
 
 def gelu_new(x: torch.Tensor) -> torch.Tensor:
     """GPT-J's activation: GELU with the tanh approximation."""
     return F.gelu(x, approximate="tanh")
+
+
+#: {ModelConfig.hidden_act: the activation}
+ACTIVATION_FNS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": gelu_new,
+}
+
+
+def act_and_mul(x: torch.Tensor, act: str) -> torch.Tensor:
+    """[T, 2I] (gate, up) -> act(gate) * up [T, I]: SwiGLU (fused on the CPU) or GeGLU."""
+    if act == "silu":
+        return layer_ops.silu_and_mul(x)
+    gate, up = x.chunk(2, dim=-1)
+    return ACTIVATION_FNS[act](gate) * up
+
+
+def rotary_for(rope: RopeConfig | None, max_positions: int) -> RotaryEmbedding | None:
+    """The member's rotary tables, None for learned positions."""
+    return None if rope is None else RotaryEmbedding(rope, max_positions)

@@ -1,4 +1,5 @@
-"""Llama-family decoder (Llama 1/2/3, Vicuna, TinyLlama, Mistral without sliding window).
+"""Llama-family decoder: Llama 1/2/3, Vicuna, Mistral (sliding window), Qwen2/2.5 (q/k/v
+biases), Qwen3 (per-head q/k norms), Phi-3 (checkpoints with fused qkv and gate/up).
 
 x = embed(ids)
 for each layer:  x = x + attn(rms_norm(x));  x = x + mlp(rms_norm(x))
@@ -14,9 +15,14 @@ import torch
 from torch import nn
 
 from blendrt.models.config import ModelConfig
-from blendrt.models.layers import ForwardContext, PagedAttention, RMSNorm, RotaryEmbedding
+from blendrt.models.layers import (
+    ForwardContext,
+    PagedAttention,
+    RMSNorm,
+    RotaryEmbedding,
+    act_and_mul,
+)
 from blendrt.models.weights import WeightMap
-from blendrt.ops import layer_ops
 from blendrt.ops.rope import RopeTables
 
 
@@ -24,6 +30,7 @@ class LlamaMLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.intermediate_size = config.intermediate_size
+        self.act = config.hidden_act
         self.gate_up_proj = nn.Linear(
             config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias
         )
@@ -32,14 +39,14 @@ class LlamaMLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(layer_ops.silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(act_and_mul(self.gate_up_proj(x), self.act))
 
 
 class LlamaBlock(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.self_attn = PagedAttention(config, layer_idx, bias=config.attention_bias)
+        self.self_attn = PagedAttention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.norm_eps)
         self.mlp = LlamaMLP(config)
 
@@ -68,7 +75,13 @@ class LlamaModel(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.rotary = RotaryEmbedding(config.rope, config.max_position_embeddings)
+        self.build_rotary()
+
+    def build_rotary(self) -> None:
+        self.rotary = RotaryEmbedding(self.config.rope, self.config.max_position_embeddings)
+
+    def ensure_positions(self, num_positions: int) -> None:
+        self.rotary.ensure(num_positions)
 
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """input_ids: [T] -> final hidden states [T, hidden]."""
@@ -94,17 +107,25 @@ class LlamaModel(nn.Module):
         else:
             wm.add("lm_head.weight", self.lm_head.weight)
         q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        fused = c.architecture == "Phi3ForCausalLM"  # Phi-3 stores qkv and gate/up fused
         for i, layer in enumerate(self.layers):
             p = f"model.layers.{i}."
             attn, mlp = layer.self_attn, layer.mlp
             wm.add(p + "input_layernorm.weight", layer.input_layernorm.weight)
             wm.add(p + "post_attention_layernorm.weight", layer.post_attention_layernorm.weight)
-            wm.add_linear(f"{p}self_attn.q_proj", attn.qkv_proj, 0, q)
-            wm.add_linear(f"{p}self_attn.k_proj", attn.qkv_proj, q, kv)
-            wm.add_linear(f"{p}self_attn.v_proj", attn.qkv_proj, q + kv, kv)
+            if attn.q_norm is not None:
+                wm.add(p + "self_attn.q_norm.weight", attn.q_norm.weight)
+                wm.add(p + "self_attn.k_norm.weight", attn.k_norm.weight)
+            if fused:
+                wm.add_linear(f"{p}self_attn.qkv_proj", attn.qkv_proj)
+                wm.add_linear(f"{p}mlp.gate_up_proj", mlp.gate_up_proj)
+            else:
+                wm.add_linear(f"{p}self_attn.q_proj", attn.qkv_proj, 0, q)
+                wm.add_linear(f"{p}self_attn.k_proj", attn.qkv_proj, q, kv)
+                wm.add_linear(f"{p}self_attn.v_proj", attn.qkv_proj, q + kv, kv)
+                inter = c.intermediate_size
+                wm.add_linear(f"{p}mlp.gate_proj", mlp.gate_up_proj, 0, inter)
+                wm.add_linear(f"{p}mlp.up_proj", mlp.gate_up_proj, inter, inter)
             wm.add_linear(f"{p}self_attn.o_proj", attn.o_proj)
-            inter = c.intermediate_size
-            wm.add_linear(f"{p}mlp.gate_proj", mlp.gate_up_proj, 0, inter)
-            wm.add_linear(f"{p}mlp.up_proj", mlp.gate_up_proj, inter, inter)
             wm.add_linear(f"{p}mlp.down_proj", mlp.down_proj)
         return wm

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from blendrt.models.config import ModelConfig
 from blendrt.models.gptj import GPTJModel
-from blendrt.models.layers import RotaryEmbedding
+from blendrt.models.hf_config import parse_hf_config
 from blendrt.models.llama import LlamaModel
 from blendrt.models.quantize import quantize_linears
 from blendrt.models.weights import (
@@ -52,7 +52,7 @@ def read_hf_config(folder: str | Path) -> dict[str, Any]:
 
 
 def read_config(folder: str | Path, *, max_model_len: int | None = None) -> ModelConfig:
-    return ModelConfig.from_hf(read_hf_config(folder), max_model_len=max_model_len)
+    return parse_hf_config(read_hf_config(folder), max_model_len=max_model_len)
 
 
 def checkpoint_quantization(folder: str | Path) -> CheckpointQuant | None:
@@ -178,6 +178,6 @@ def load_weights(
     ) as bar:
         weight_map().load(bar)
     with torch.device(device):
-        model.rotary = RotaryEmbedding(config.rope, config.max_position_embeddings)
+        model.build_rotary()  # tables are not weights: built on the device, not loaded
     pack_linears(model)  # CPU float32: weights reordered once for oneDNN
     return model.eval()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from blendrt.models.layouts import Transform
 from blendrt.ops.quant import QuantizedWeight, QuantScheme, quantize_rows
 from blendrt.ops.quant_linear import QuantLinear
 
@@ -36,6 +37,7 @@ class LinearPiece:
     rows: int
     shard: int = 0  # act-order: the piece's own shard
     pending: dict[str, torch.Tensor] = field(default_factory=dict)  # GPTQ/AWQ parts so far
+    transform: Transform | None = None  # the float checkpoint's layout -> [rows, in]
 
     def packed(self, checkpoint: CheckpointQuant | None) -> bool:
         """Whether the checkpoint stores this piece packed (GPTQ/AWQ), not as a float weight
@@ -52,7 +54,12 @@ class LinearPiece:
     def shapes(self, prefix: str, checkpoint: CheckpointQuant | None) -> dict[str, tuple]:
         k = self.module.in_features
         if not self.packed(checkpoint):
-            return {prefix + ".weight": (self.rows, k)}
+            shape = (self.rows, k)
+            if self.transform is not None:
+                shape = self.transform.stored_shape(shape)
+            return {prefix + ".weight": shape}
+        if self.transform is not None:
+            raise ValueError(f"{prefix}: GPTQ/AWQ packing of this architecture is not supported")
         from blendrt.models.quant_checkpoints import expected_shapes
 
         return expected_shapes(prefix, k, self.rows, checkpoint)
@@ -60,6 +67,8 @@ class LinearPiece:
     def fill(self, prefix: str, name: str, tensor: torch.Tensor, checkpoint) -> bool:
         """Takes one checkpoint tensor of this piece; True once the piece is complete."""
         if not self.packed(checkpoint):
+            if self.transform is not None:
+                tensor = self.transform(tensor)
             if isinstance(self.module, QuantLinear):
                 self._write(quantize_rows(tensor, self.module.scheme, self._scale_dtype()))
             else:

@@ -43,7 +43,7 @@ class ModelRunner:
     def forward(self, batch: BatchMetadata, *, all_logits: bool = False) -> torch.Tensor:
         """Float32 logits at each sequence's last new token [B, V], or at every new token
         [T, V] with all_logits."""
-        self.model.rotary.ensure(batch.max_context_len)
+        self.model.ensure_positions(batch.max_context_len)
         ctx = ForwardContext(
             positions=self._to_device(batch.positions).long(),
             attn=self.attention_metadata(batch),

@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from blendrt.models.layouts import Transform
 from blendrt.models.quantize import LinearPiece
 
 if TYPE_CHECKING:
@@ -27,6 +28,11 @@ class _Target:
     param: torch.Tensor
     offset: int  # first row of the parameter this checkpoint tensor fills
     rows: int  # rows it fills (fused projections hold several checkpoint tensors)
+    transform: Transform | None = None  # checkpoint layout -> the parameter's
+
+    def stored_shape(self) -> tuple[int, ...]:
+        shape = (self.rows, *self.param.shape[1:])
+        return self.transform.stored_shape(shape) if self.transform else shape
 
 
 @dataclass
@@ -41,21 +47,33 @@ class WeightMap:
     # How the checkpoint stores those linears: None (float), or GPTQ / AWQ packing.
     checkpoint: CheckpointQuant | None = None
 
-    def add(self, name: str, param: torch.Tensor, offset: int = 0, rows: int | None = None) -> None:
-        self.targets[name] = _Target(
-            param, offset, param.shape[0] - offset if rows is None else rows
-        )
+    def add(
+        self,
+        name: str,
+        param: torch.Tensor,
+        offset: int = 0,
+        rows: int | None = None,
+        transform: Transform | None = None,
+    ) -> None:
+        rows = param.shape[0] - offset if rows is None else rows
+        self.targets[name] = _Target(param, offset, rows, transform)
 
     def add_linear(
-        self, prefix: str, module: nn.Module, offset: int = 0, rows: int | None = None
+        self,
+        prefix: str,
+        module: nn.Module,
+        offset: int = 0,
+        rows: int | None = None,
+        transform: Transform | None = None,
     ) -> None:
         """Rows of a linear layer filled by checkpoint projection `prefix` (its `.weight`, or
         its GPTQ/AWQ tensors) and its `.bias` if the layer has one."""
         rows = module.out_features - offset if rows is None else rows
         shard = sum(p.module is module for p in self.linears.values())
-        self.linears[prefix] = LinearPiece(module, offset, rows, shard)
+        self.linears[prefix] = LinearPiece(module, offset, rows, shard, transform=transform)
         if module.bias is not None:
-            self.add(prefix + ".bias", module.bias, offset, rows)
+            bias_transform = Transform(qkv_per_head=transform.qkv_per_head) if transform else None
+            self.add(prefix + ".bias", module.bias, offset, rows, bias_transform)
 
     def ignore(self, name: str) -> None:
         self.ignored.add(name)
@@ -106,6 +124,8 @@ class WeightMap:
             target = self._target(name, tuple(tensor.shape), unexpected)
             if target is None:
                 continue
+            if target.transform is not None:
+                tensor = target.transform(tensor)
             with torch.no_grad():
                 target.param[target.offset : target.offset + target.rows].copy_(tensor)
             missing.discard(name)
@@ -119,7 +139,7 @@ class WeightMap:
             if name not in self.ignored and not name.endswith(tuple(self.ignored_suffixes)):
                 unexpected.append(name)
             return None
-        expected = (target.rows, *target.param.shape[1:])
+        expected = target.stored_shape()
         if tuple(shape) != expected:
             raise ValueError(
                 f"weight {name} has shape {tuple(shape)}, expected {expected} from config.json"

@@ -59,9 +59,10 @@ def test_max_model_len_caps_every_member(folders) -> None:
         assert len(turn.prompt_ids) + 8 <= 128
 
 
-def test_max_model_len_lets_a_sliding_window_mistral_load(folders) -> None:
-    with pytest.raises(ValueError, match="sliding_window=64 is below the context length 512"):
-        blend_of(folders, members=("mis",))
+def test_max_model_len_caps_a_sliding_window_mistral(folders) -> None:
+    with blend_of(folders, members=("mis",)) as blend:
+        assert blend.engine.max_model_len("mis") == 512
+        assert blend.engine.models["mis"].config.release_window == 64
     with blend_of(folders, "--max-model-len", "64", members=("mis",)) as blend:
         assert blend.engine.max_model_len("mis") == 64
 

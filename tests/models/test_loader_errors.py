@@ -68,8 +68,8 @@ def test_unknown_architecture(good: Path, tmp_path: Path) -> None:
     edit_config(folder, architectures=["BertForMaskedLM"], model_type="bert")
     with pytest.raises(
         ValueError,
-        match=r"unsupported architecture.*GPTJForCausalLM, "
-        r"LlamaForCausalLM, MistralForCausalLM",
+        match=r"unsupported architecture \(BertForMaskedLM\); supported: GPT2LMHeadModel, "
+        r"GPTJForCausalLM, GPTNeoXForCausalLM, Gemma2ForCausalLM",
     ):
         load_model(folder)
 
@@ -94,9 +94,13 @@ def test_sliding_window_below_context(good: Path, tmp_path: Path) -> None:
     edit_config(
         folder, architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=64
     )
-    with pytest.raises(ValueError, match=r"sliding_window=64 .* max_model_len <= 64"):
+    config = load_model(folder).config
+    assert config.layer_windows == (64,) * config.num_layers and config.release_window == 64
+    # a window covering the whole served context is no window
+    assert load_model(folder, max_model_len=64).config.layer_windows == ()
+    edit_config(folder, sliding_window=0)
+    with pytest.raises(ValueError, match="sliding_window must be a positive int"):
         load_model(folder)
-    assert load_model(folder, max_model_len=64).config.max_position_embeddings == 64
 
 
 def test_sharded_checkpoint_and_missing_shard(good: Path, tmp_path: Path) -> None:
