@@ -23,7 +23,8 @@ void bind_cpu(py::module_& m) {
          const I32Array& context_lens, const I32Array& seq_indices, int32_t num_q_heads,
          int32_t num_kv_heads, int32_t head_dim, int32_t tokens_per_page, float scale,
          StorageType dtype, int32_t num_threads, StorageType cache_dtype, uintptr_t k_scale,
-         uintptr_t v_scale, int64_t scale_page_stride, int64_t scale_token_stride) {
+         uintptr_t v_scale, int64_t scale_page_stride, int64_t scale_token_stride,
+         int32_t window, float softcap) {
         if (block_tables.ndim() != 2) throw std::invalid_argument("block_tables must be 2-D");
         const py::ssize_t num_seqs = block_tables.shape(0);
         if (cu_seqlens_q.ndim() != 1 || cu_seqlens_q.size() != num_seqs + 1 ||
@@ -57,7 +58,9 @@ void bind_cpu(py::module_& m) {
             cache_dtype,
             KVScales{reinterpret_cast<const _Float16*>(k_scale),
                      reinterpret_cast<const _Float16*>(v_scale), scale_page_stride,
-                     scale_token_stride}};
+                     scale_token_stride},
+            window,
+            softcap};
         py::gil_scoped_release release;
         paged_attention_cpu(args);
       },
@@ -68,7 +71,7 @@ void bind_cpu(py::module_& m) {
       py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("tokens_per_page"),
       py::arg("scale"), py::arg("dtype"), py::arg("num_threads"), py::arg("cache_dtype"),
       py::arg("k_scale") = 0, py::arg("v_scale") = 0, py::arg("scale_page_stride") = 0,
-      py::arg("scale_token_stride") = 0,
+      py::arg("scale_token_stride") = 0, py::arg("window") = 0, py::arg("softcap") = 0.0f,
       "Paged attention over raw CPU buffers; use blendrt.ops.cpu.attention, which checks "
       "the tensors behind the pointers.");
 

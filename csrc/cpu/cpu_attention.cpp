@@ -28,6 +28,12 @@ struct Scratch {
   std::vector<float> kv;       // [tokens_per_page, heads, D] a page run as float32
 };
 
+// The first key position any query of a sequence can see: queries start at first_pos.
+// NOTE: its page is the first a kernel may read; entries before it may be -1 (released).
+inline int first_visible_key(int first_pos, int window) {
+  return window > 0 ? std::max(0, first_pos - window + 1) : 0;
+}
+
 // A quantized cache value as float32 (before its row's scale).
 inline float cache_value(int8_t q) { return static_cast<float>(q); }
 inline float cache_value(uint8_t q) { return fp8_e4m3_to_float(q); }  // fp8 e4m3fn
@@ -74,10 +80,15 @@ void attend(const PagedAttentionArgs& a, int32_t seq, int h_begin, int h_end, Sc
   const int ctx = a.context_lens[seq];
   if (q_len <= 0) return;
   const int first_pos = ctx - q_len;  // position of the first new query
+  const int tpp = a.tokens_per_page;
+  // Pages are read from the one holding the first visible key; scores are kept for the
+  // positions [base, ctx), column t <-> position base + t.
+  const int base = first_visible_key(first_pos, a.window) / tpp * tpp;
+  const int span = ctx - base;
   const int heads = (h_end - h_begin) * group;  // query heads of this item
   const int rows = q_len * heads;               // row r = i * heads + local query head
   s.queries.resize(static_cast<size_t>(rows) * d);
-  s.scores.resize(static_cast<size_t>(rows) * ctx);
+  s.scores.resize(static_cast<size_t>(rows) * span);
   s.acc.assign(static_cast<size_t>(rows) * d, 0.0f);
   s.inv_sum.resize(rows);
   s.kv.resize(static_cast<size_t>(a.tokens_per_page) * (h_end - h_begin) * d);
@@ -88,22 +99,22 @@ void attend(const PagedAttentionArgs& a, int32_t seq, int h_begin, int h_end, Sc
     to_float(q_row, &s.queries[static_cast<size_t>(i) * heads * d], heads * d);
   }
   const int32_t* table = a.block_tables + static_cast<int64_t>(seq) * a.block_table_width;
-  const int tpp = a.tokens_per_page;
-  // Calls fn(t0, n, first token, its scales) for each page's run of tokens of `cache`.
+  // Calls fn(t0 - base, n, first token, its scales) for each page's run of tokens of `cache`,
+  // from base's page on.
   // Bytes of one page run (a layer's K or V of every token of the page).
   const int64_t run_bytes = static_cast<int64_t>(tpp) * a.token_stride * sizeof(C);
   auto for_each_page = [&](const void* cache, const _Float16* scales, auto&& fn) {
-    const C* base = static_cast<const C*>(cache);
-    for (int t0 = 0; t0 < ctx; t0 += tpp) {
+    const C* first = static_cast<const C*>(cache);
+    for (int t0 = base; t0 < ctx; t0 += tpp) {
       // NOTE: pages are scattered, so the hardware prefetcher stops at each page's end;
       // fetching the next page's run while this one is computed hides the DRAM latency.
       if (t0 + tpp < ctx) {
-        const C* next_page = base + table[t0 / tpp + 1] * a.page_stride;
+        const C* next_page = first + table[t0 / tpp + 1] * a.page_stride;
         const char* next = reinterpret_cast<const char*>(next_page);
         for (int64_t b = 0; b < run_bytes; b += 64) __builtin_prefetch(next + b);
       }
       const int64_t page = table[t0 / tpp];
-      fn(t0, std::min(tpp, ctx - t0), base + page * a.page_stride,
+      fn(t0 - base, std::min(tpp, ctx - t0), first + page * a.page_stride,
          scales ? scales + page * a.scales.page_stride : nullptr);
     }
   };
@@ -111,26 +122,33 @@ void attend(const PagedAttentionArgs& a, int32_t seq, int h_begin, int h_end, Sc
     int64_t stride = 0;
     const float* rows_k = page_run<C>(a, k, ks, n, h_begin, h_end, s, &stride);
     page_scores(rows_k, stride, n, s.queries.data(), rows, heads, group, d, a.scale,
-                s.scores.data() + t0, ctx);
+                s.scores.data() + t0, span);
   });
-  // Softmax over each row's visible keys (t <= first_pos + i); invisible ones get 0.
+  // Softmax over each row's visible keys, columns [lo, hi) (positions p - window < j <= p
+  // for the row's position p); the others get 0.
+  const float cap = a.softcap, inv_cap = cap > 0.0f ? 1.0f / cap : 0.0f;
   for (int r = 0; r < rows; ++r) {
-    const int visible = first_pos + r / heads + 1;
-    float* sc = &s.scores[static_cast<size_t>(r) * ctx];
+    const int pos = first_pos + r / heads;
+    const int lo = first_visible_key(pos, a.window) - base, hi = pos + 1 - base;
+    float* sc = &s.scores[static_cast<size_t>(r) * span];
+    if (cap > 0.0f) {
+      for (int t = lo; t < hi; ++t) sc[t] = cap * std::tanh(sc[t] * inv_cap);
+    }
     float mx = -std::numeric_limits<float>::infinity();
-    for (int t = 0; t < visible; ++t) mx = std::max(mx, sc[t]);
+    for (int t = lo; t < hi; ++t) mx = std::max(mx, sc[t]);
     float sum = 0.0f;
-    for (int t = 0; t < visible; ++t) {
+    for (int t = lo; t < hi; ++t) {
       sc[t] = std::exp(sc[t] - mx);
       sum += sc[t];
     }
-    std::fill(sc + visible, sc + ctx, 0.0f);
+    std::fill(sc, sc + lo, 0.0f);
+    std::fill(sc + hi, sc + span, 0.0f);
     s.inv_sum[r] = 1.0f / sum;
   }
   for_each_page(a.v_cache, a.scales.v, [&](int t0, int n, const C* v, const _Float16* vs) {
     int64_t stride = 0;
     const float* rows_v = page_run<C>(a, v, vs, n, h_begin, h_end, s, &stride);
-    page_values(rows_v, stride, n, s.scores.data() + t0, ctx, rows, heads, group, d,
+    page_values(rows_v, stride, n, s.scores.data() + t0, span, rows, heads, group, d,
                 s.acc.data());
   });
   T* out = static_cast<T*>(a.out);
@@ -148,7 +166,12 @@ void attend(const PagedAttentionArgs& a, int32_t seq, int h_begin, int h_end, Sc
 template <typename T, typename C>
 void run(const PagedAttentionArgs& a) {
   int64_t work = 0;
-  for (int64_t i = 0; i < a.num_seq_indices; ++i) work += a.context_lens[a.seq_indices[i]];
+  for (int64_t i = 0; i < a.num_seq_indices; ++i) {
+    const int32_t seq = a.seq_indices[i];
+    const int32_t ctx = a.context_lens[seq];
+    const int32_t q_len = a.cu_seqlens_q[seq + 1] - a.cu_seqlens_q[seq];
+    work += ctx - first_visible_key(ctx - q_len, a.window);
+  }
   work *= static_cast<int64_t>(a.num_q_heads) * a.head_dim;
   // NOTE: helpers cost tens of microseconds to start and, inside a torch process, share the
   // cores with OpenMP workers that spin for a while after each parallel op. Measured on a
@@ -199,6 +222,9 @@ void paged_attention_cpu(const PagedAttentionArgs& a) {
   if (a.head_dim <= 0 || a.tokens_per_page <= 0) {
     throw std::invalid_argument("head_dim and tokens_per_page must be positive");
   }
+  if (a.window < 0 || !(a.softcap >= 0.0f) || std::isinf(a.softcap)) {
+    throw std::invalid_argument("window must be >= 0 and softcap a finite value >= 0");
+  }
   for (int64_t i = 0; i < a.num_seq_indices; ++i) {
     const int32_t seq = a.seq_indices[i];
     if (seq < 0 || seq >= a.num_seqs) {
@@ -220,7 +246,10 @@ void paged_attention_cpu(const PagedAttentionArgs& a) {
                                   std::to_string(a.block_table_width));
     }
     const int32_t* table = a.block_tables + seq * a.block_table_width;
-    for (int64_t p = 0; p < pages; ++p) {
+    // NOTE: entries before the first visible key's page may be -1 (released): not read.
+    const int64_t first_page =
+        first_visible_key(static_cast<int>(ctx - q_len), a.window) / a.tokens_per_page;
+    for (int64_t p = first_page; p < pages; ++p) {
       if (table[p] < 0 || table[p] >= a.num_pages) {
         throw std::invalid_argument("sequence " + std::to_string(seq) + ": page id " +
                                     std::to_string(table[p]) + " out of range [0, " +

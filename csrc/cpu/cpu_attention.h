@@ -6,6 +6,11 @@
 // in a per-thread buffer. Work items are shared out to `num_threads` threads (the GIL is
 // released by the binding). Storage may be float32, float16 or bfloat16, or int8 / fp8 e4m3
 // with a float16 scale per (token, head), dequantized as pages are read; arithmetic is float32.
+//
+// A sliding window (window > 0) limits query p to keys p - window < j <= p, and the walk
+// starts at the page of the first key any of a sequence's queries can see: pages before it
+// may have been released (block-table entry -1, the page reused), and are never read.
+// softcap > 0 replaces each scaled score s by softcap * tanh(s / softcap) (Gemma-2).
 #pragma once
 
 #include <cstdint>
@@ -50,12 +55,15 @@ struct PagedAttentionArgs {
   int32_t num_threads;
   StorageType cache_dtype;   // the cache's values: dtype, or kInt8 / kFp8E4M3 with scales
   KVScales scales;
+  int32_t window = 0;        // > 0: query p sees keys p - window < j <= p; 0: all j <= p
+  float softcap = 0.0f;      // > 0: scores s -> softcap * tanh(s / softcap); 0: off
 };
 
-// Query i of sequence b sits at position context_lens[b] - query_len_b + i and attends to
-// keys 0..that position (causal over the new tokens). Rows of sequences not in seq_indices are
-// left untouched. Throws std::invalid_argument, before reading the pool, on a page id out of
-// range, a context longer than its block table, or fewer context tokens than query rows.
+// Query i of sequence b sits at position p = context_lens[b] - query_len_b + i and attends to
+// keys 0..p (causal over the new tokens), or p - window + 1..p with a window. Rows of
+// sequences not in seq_indices are left untouched. Throws std::invalid_argument, before
+// reading the pool, on a page id out of range (checked from the first visible key's page on),
+// a context longer than its block table, or fewer context tokens than query rows.
 void paged_attention_cpu(const PagedAttentionArgs& args);
 
 struct StoreKVArgs {

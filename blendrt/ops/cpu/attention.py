@@ -3,7 +3,9 @@
 The launcher checks every tensor behind the raw pointers it hands to C++ (device, dtype,
 shape, strides) so that bad input raises here, never reads out of bounds there. The kernel
 reads each sequence's pages in place, without gathering them into a padded copy; the torch
-reference it is tested against is `blendrt.ops.reference.paged_attention_reference`.
+reference it is tested against is `blendrt.ops.reference.paged_attention_reference`. With a
+sliding window it reads from the first visible key's page on (earlier table entries may be
+-1: released pages), and soft-capped scores pass through softcap * tanh(s / softcap).
 """
 
 from __future__ import annotations
@@ -102,10 +104,16 @@ def paged_attention_cpu(
     out: torch.Tensor | None = None,  # [T, H_q, D]; rows of other sequences are kept
     k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16:
     v_scale: torch.Tensor | None = None,  # the cache is int8 / fp8 (blendrt/ops/kv_quant.py)
+    *,
+    window: int = 0,  # > 0: query p sees keys p - window < j <= p
+    softcap: float = 0.0,  # > 0: scores s -> softcap * tanh(s / softcap)
 ) -> torch.Tensor:  # [T, H_q, D]
-    """Query i of sequence b sits at position context_lens[b] - query_len_b + i and attends
-    to keys 0..that position. float32, float16 or bfloat16 (the cache in q's dtype, or
-    quantized and dequantized as its pages are read); accumulates in float32."""
+    """Query i of sequence b sits at position p = context_lens[b] - query_len_b + i and
+    attends to keys 0..p (p - window + 1..p with a window). float32, float16 or bfloat16
+    (the cache in q's dtype, or quantized and dequantized as its pages are read);
+    accumulates in float32."""
+    if window < 0 or not 0.0 <= softcap < float("inf"):
+        raise ValueError(f"window must be >= 0 and softcap finite, >= 0: {window}, {softcap}")
     layout = cache_layout(k_cache, v_cache, "paged attention", k_scale, v_scale)
     num_kv_heads, head_dim = layout["num_kv_heads"], layout["head_dim"]
     dtype = q.dtype if k_scale is not None else k_cache.dtype
@@ -145,6 +153,8 @@ def paged_attention_cpu(
         scale=float(scale),
         num_threads=torch.get_num_threads(),
         dtype=STORAGE_TYPES[dtype],
+        window=int(window),
+        softcap=float(softcap),
         **layout,
     )
     return out

@@ -4,7 +4,8 @@ fused SDPA for long prefills.
 Sequences with at most `MAX_KERNEL_QUERY_LEN` new tokens (decode, short extends) go through
 `paged_attention_cpu`, which reads their pages in place; longer prefills gather their pages
 and go through SDPA, whose matmuls beat a scalar loop. Dtypes the kernels do not take fall
-back to the portable torch path.
+back to the portable torch path. A sliding window and soft-capped scores go to both paths;
+each reads a sequence's pages from its first visible key's page on.
 """
 
 from __future__ import annotations
@@ -35,16 +36,22 @@ class CpuBackend(TorchBackend):
         scale: float,
         k_scale: torch.Tensor | None = None,
         v_scale: torch.Tensor | None = None,
+        *,
+        window: int = 0,
+        softcap: float = 0.0,
     ) -> torch.Tensor:  # [T, H_q, D]
         quantized = k_scale is not None
+        options = {"window": window, "softcap": softcap}
         if q.device.type != "cpu" or (k_cache.dtype not in SUPPORTED_DTYPES and not quantized):
-            return super().forward(q, k, v, k_cache, v_cache, meta, scale, k_scale, v_scale)
+            return super().forward(
+                q, k, v, k_cache, v_cache, meta, scale, k_scale, v_scale, **options
+            )
         if quantized:
             store_kv_cpu(k, v, k_cache, v_cache, meta.slot_mapping, k_scale, v_scale)
         else:
             k, v = k.to(k_cache.dtype), v.to(k_cache.dtype)
             store_kv_cpu(k, v, k_cache, v_cache, meta.slot_mapping)
-        return self._forward_cpu(q, k_cache, v_cache, meta, scale, k_scale, v_scale)
+        return self._forward_cpu(q, k_cache, v_cache, meta, scale, k_scale, v_scale, **options)
 
     def _forward_cpu(
         self,
@@ -55,7 +62,11 @@ class CpuBackend(TorchBackend):
         scale: float,
         k_scale: torch.Tensor | None = None,
         v_scale: torch.Tensor | None = None,
+        *,
+        window: int = 0,
+        softcap: float = 0.0,
     ) -> torch.Tensor:  # [T, H_q, D]
+        options = {"window": window, "softcap": softcap}
         cu = meta.cu_seqlens_q_host
         short = [b for b in range(meta.num_seqs) if cu[b + 1] - cu[b] <= MAX_KERNEL_QUERY_LEN]
         out = torch.empty_like(q)
@@ -69,6 +80,7 @@ class CpuBackend(TorchBackend):
                 scale,
                 k_scale,
                 v_scale,
+                **options,
             )
         if short:
             paged_attention_cpu(
@@ -83,5 +95,6 @@ class CpuBackend(TorchBackend):
                 out=out,
                 k_scale=k_scale,
                 v_scale=v_scale,
+                **options,
             )
         return out

@@ -1,12 +1,16 @@
-"""The C++ CPU paged-attention kernel against the torch reference."""
+"""The C++ CPU paged-attention kernel against the torch reference; with a sliding window and
+soft-capped scores (also through CpuBackend) against a dense masked softmax, released pages
+(-1 in the table, NaN in the pool) never read."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from ops.window_cases import WINDOW_BATCHES, make_window_case
 
 from blendrt.cache import KVGeometry, PagePool
 from blendrt.ops.cpu.attention import paged_attention_cpu
+from blendrt.ops.cpu.backend import MAX_KERNEL_QUERY_LEN, CpuBackend
 from blendrt.ops.reference import paged_attention_reference
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
@@ -133,3 +137,96 @@ def test_bad_input_is_refused_before_reading_the_pool() -> None:
         paged_attention_cpu(q, spread, spread, tables, cu, context, 1.0)
     with pytest.raises(ValueError, match="cu_seqlens_q ends at"):
         paged_attention_cpu(q[:1], k_cache, v_cache, tables, cu, context, 1.0)
+
+
+#: (H_kv, GQA group, head dim): GQA ratios 1, 2 and 4, odd head dims.
+WINDOW_HEADS = [(2, 1, 80), (1, 2, 96), (2, 4, 16)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("num_kv_heads", "group", "head_dim"), WINDOW_HEADS)
+@pytest.mark.parametrize("batch", sorted(WINDOW_BATCHES))
+@pytest.mark.parametrize(("window", "softcap"), [(6, 0.0), (6, 30.0), (1, 50.0), (1000, 50.0)])
+def test_window_and_softcap(dtype, num_kv_heads, group, head_dim, batch, window, softcap) -> None:
+    """Pages before each sequence's first visible key are released (-1 in the table, NaN in
+    the pool): the kernel never reads them and matches a dense masked softmax."""
+    case = make_window_case(
+        WINDOW_BATCHES[batch], window=window, softcap=softcap, num_kv_heads=num_kv_heads,
+        group=group, head_dim=head_dim, dtype=dtype, seed=window + head_dim,
+    )  # fmt: skip
+    meta = case.meta
+    out = paged_attention_cpu(
+        case.q, case.k_cache, case.v_cache, meta.block_tables, meta.cu_seqlens_q,
+        meta.context_lens, case.scale, window=window, softcap=softcap,
+    )  # fmt: skip
+    case.check(out, tol={torch.bfloat16: 3e-2}.get(dtype))
+
+
+@pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("batch", sorted(WINDOW_BATCHES))
+def test_window_and_softcap_over_a_quantized_cache(kv_dtype, dtype, batch) -> None:
+    case = make_window_case(
+        WINDOW_BATCHES[batch], window=6, softcap=30.0, num_kv_heads=2, group=2, head_dim=80,
+        dtype=dtype, kv_dtype=kv_dtype, seed=9,
+    )  # fmt: skip
+    meta = case.meta
+    out = paged_attention_cpu(
+        case.q, case.k_cache, case.v_cache, meta.block_tables, meta.cu_seqlens_q,
+        meta.context_lens, case.scale, **case.scales, window=6, softcap=30.0,
+    )  # fmt: skip
+    case.check(out)
+
+
+@pytest.mark.parametrize("kv_dtype", ["auto", "int8"])
+@pytest.mark.parametrize(("window", "softcap"), [(7, 0.0), (7, 50.0), (0, 30.0)])
+def test_backend_windows_kernel_rows_and_long_prefills(kv_dtype, window, softcap) -> None:
+    """CpuBackend: decode and short rows through the C++ kernel, a prefill of more than
+    MAX_KERNEL_QUERY_LEN rows through SDPA (or the soft-capped softmax), a chunk of it
+    after a cached prefix that the window cuts into."""
+    seqs = [(25, 1), (3, MAX_KERNEL_QUERY_LEN + 12), (19, 5), (14, 20), (40, 1)]
+    case = make_window_case(
+        seqs, window=window, softcap=softcap, num_kv_heads=2, group=2, head_dim=32,
+        kv_dtype=kv_dtype, store=False, seed=4,
+    )  # fmt: skip
+    out = CpuBackend().forward(
+        case.q, case.k, case.v, case.k_cache, case.v_cache, case.meta, case.scale,
+        **case.scales, window=window, softcap=softcap,
+    )  # fmt: skip
+    case.check(out, tol=2e-5 if kv_dtype == "auto" else 1e-4)
+
+
+def test_windowed_threads_match_one() -> None:
+    case = make_window_case(
+        [(1100, 1), (900, 2), (1200, 1), (1000, 1)], window=300, softcap=50.0,
+        num_kv_heads=4, group=4, head_dim=128, tokens_per_page=16, seed=3,
+    )  # fmt: skip
+    meta = case.meta
+    args = (case.q, case.k_cache, case.v_cache, meta.block_tables, meta.cu_seqlens_q,
+            meta.context_lens, case.scale)  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = paged_attention_cpu(*args, window=300, softcap=50.0)
+        torch.set_num_threads(4)
+        many = paged_attention_cpu(*args, window=300, softcap=50.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+    case.check(one, tol=1e-4)
+
+
+def test_released_entries_inside_the_window_are_refused() -> None:
+    case = make_window_case([(20, 1)], window=6, seed=1)
+    meta = case.meta
+    args = (case.q, case.k_cache, case.v_cache, meta.block_tables, meta.cu_seqlens_q,
+            meta.context_lens, case.scale)  # fmt: skip
+    paged_attention_cpu(*args, window=6)
+    with pytest.raises(ValueError, match="page id -1 out of range"):
+        paged_attention_cpu(*args, window=10)  # needs a page the window of 6 released
+    with pytest.raises(ValueError, match="page id -1 out of range"):
+        paged_attention_cpu(*args)
+    with pytest.raises(ValueError, match="window must be"):
+        paged_attention_cpu(*args, window=-1)
+    with pytest.raises(ValueError, match="softcap finite"):
+        paged_attention_cpu(*args, softcap=float("nan"))
