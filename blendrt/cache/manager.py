@@ -98,8 +98,11 @@ class KVCacheManager:
 
     # ---- members -------------------------------------------------------------------------
 
-    def register_member(self, name: str, tokens_per_page: int) -> int:
-        member_id = self._core.register_member(name, tokens_per_page)
+    def register_member(self, name: str, tokens_per_page: int, *, window: int = 0) -> int:
+        """window > 0: every layer of the member sees at most `window` tokens back, so pages
+        wholly before every future query's window are released while a sequence runs
+        (their block-table slots read -1; kernels start at the window's first page)."""
+        member_id = self._core.register_member(name, tokens_per_page, window)
         self._member_ids[name] = member_id
         return member_id
 

@@ -56,6 +56,7 @@ class LLMEngine:
             partition=config.pool_partition,
             device=config.device,
             enable_prefix_caching=config.enable_prefix_caching,
+            windows={name: m.config.release_window for name, m in models.items()},
         )
         self.runners = {
             name: ModelRunner(m.model, self.kv.views[name], m.backend) for name, m in models.items()

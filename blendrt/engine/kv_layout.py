@@ -29,12 +29,12 @@ class KVLayout:
 
 
 def register_member(
-    pool: PagePool, manager: KVCacheManager, name: str, geometry: KVGeometry
+    pool: PagePool, manager: KVCacheManager, name: str, geometry: KVGeometry, window: int = 0
 ) -> MemberKV:
-    """A member's views of the pool, and its tokens per page in the manager: the one call
-    that puts a member in the cache."""
+    """A member's views of the pool, and its tokens per page and sliding window (0: none)
+    in the manager: the one call that puts a member in the cache."""
     kv = pool.register_member(name, geometry)
-    manager.register_member(name, kv.tokens_per_page)
+    manager.register_member(name, kv.tokens_per_page, window=window)
     return kv
 
 
@@ -46,6 +46,7 @@ def build_kv_layout(
     partition: str,
     device: str,
     enable_prefix_caching: bool,
+    windows: Mapping[str, int] | None = None,  # {member: tokens every layer sees back}
 ) -> KVLayout:
     def part(pages: int) -> tuple[PagePool, KVCacheManager]:
         pool = PagePool(page_bytes, num_pages=pages, device=device)
@@ -59,6 +60,7 @@ def build_kv_layout(
     pools, managers, views = {}, {}, {}
     for name, geometry in geometries.items():
         pools[name], managers[name] = parts[name]
-        views[name] = register_member(pools[name], managers[name], name, geometry)
+        window = (windows or {}).get(name, 0)
+        views[name] = register_member(pools[name], managers[name], name, geometry, window)
     total = sum(p.num_pages for p in {id(p): p for p in pools.values()}.values())
     return KVLayout(pools, managers, views, page_bytes, total)

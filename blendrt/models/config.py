@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from blendrt.models.rope import RopeConfig
+
 #: {HF architecture name: blendrt family (one model file each)}
 ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -37,38 +39,6 @@ ACTIVATIONS = {
     "gelu": ("gelu",),  # exact erf GELU
     "gelu_tanh": ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"),  # tanh approximation
 }
-
-
-@dataclass(frozen=True)
-class RopeConfig:
-    """Rotary embedding: which dims rotate, how pairs are formed, how frequencies scale."""
-
-    theta: float = 10000.0
-    rotary_dim: int = 0  # dims of each head that rotate (GPT-J: a prefix of the head)
-    interleaved: bool = False  # pairs (0,1),(2,3).. (GPT-J) or halves (0,D/2).. (Llama)
-    scaling: str = "default"  # "default" | "linear" | "llama3"
-    factor: float = 1.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
-
-    def __post_init__(self) -> None:
-        if self.scaling not in ("default", "linear", "llama3"):
-            raise ValueError(
-                f"unsupported rope scaling {self.scaling!r}: blendrt supports "
-                "default, linear and llama3"
-            )
-        if self.rotary_dim <= 0 or self.rotary_dim % 2:
-            raise ValueError(f"rotary_dim must be a positive even number, got {self.rotary_dim}")
-        if self.factor <= 0:
-            raise ValueError(f"rope scaling factor must be positive, got {self.factor}")
-        if not (math.isfinite(self.theta) and self.theta > 0):
-            raise ValueError(f"rope_theta must be a positive number, got {self.theta}")
-        if self.scaling == "llama3" and not 0 < self.low_freq_factor < self.high_freq_factor:
-            raise ValueError(
-                "llama3 rope scaling needs 0 < low_freq_factor < high_freq_factor, got "
-                f"{self.low_freq_factor} and {self.high_freq_factor}"
-            )
 
 
 #: {ModelConfig field: largest value accepted}: config.json is untrusted, and these size

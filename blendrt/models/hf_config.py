@@ -14,11 +14,12 @@ from typing import Any
 from blendrt.models.config import (
     ACTIVATIONS,
     ARCHITECTURES,
+    LIMITS,
     MODEL_TYPES,
     ModelConfig,
-    RopeConfig,
     serving_window,
 )
+from blendrt.models.rope import RopeConfig, rope_from_hf
 
 Hf = dict[str, Any]
 
@@ -117,20 +118,17 @@ def _rotary_dim(hf: Hf, params: Hf, head_dim: int, *keys: str) -> int:
 
 
 def _rope(
-    hf: Hf, params: Hf, *, theta: float, rotary_dim: int, interleaved: bool = False
+    params: Hf, sizes: Hf, hf: Hf, *, theta: float, rotary_dim: int, top_level: Hf | None
 ) -> RopeConfig:
-    theta = _float(params, "rope_theta", theta)
-    return RopeConfig(
-        theta=theta,
+    """The rope of these params; `sizes` holds the declared and served positions."""
+    return rope_from_hf(
+        params,
+        theta_default=theta,
+        head_dim=sizes["head_dim"],
         rotary_dim=rotary_dim,
-        interleaved=interleaved,
-        scaling=params.get("rope_type", params.get("type", "default")),
-        factor=_float(params, "factor", 1.0),
-        low_freq_factor=_float(params, "low_freq_factor", 1.0),
-        high_freq_factor=_float(params, "high_freq_factor", 4.0),
-        original_max_position_embeddings=_int(
-            params, "original_max_position_embeddings", default=8192
-        ),
+        max_position_embeddings=sizes.pop("declared_positions"),
+        serving_window=sizes["max_position_embeddings"],
+        top_level=top_level,
     )
 
 
@@ -154,7 +152,12 @@ def _windows(hf: Hf, num_layers: int, context: int, default_types: list[str] | N
 
 
 def _common_sizes(hf: Hf, max_model_len: int | None) -> dict[str, Any]:
+    """ModelConfig's size fields, and the declared positions (read by `_rope`)."""
     hidden, heads = _int(hf, "hidden_size"), _int(hf, "num_attention_heads")
+    declared = _int(hf, "max_position_embeddings", default=2048)
+    if declared > LIMITS["max_position_embeddings"]:  # before the rope sizes tables by it
+        high = LIMITS["max_position_embeddings"]
+        raise ValueError(f"config field max_position_embeddings must be an int in [1, {high}]")
     return dict(
         vocab_size=_int(hf, "vocab_size"),
         hidden_size=hidden,
@@ -163,9 +166,8 @@ def _common_sizes(hf: Hf, max_model_len: int | None) -> dict[str, Any]:
         num_kv_heads=_int(hf, "num_key_value_heads", default=heads),
         head_dim=_head_dim(hf, hidden, heads),
         intermediate_size=_int(hf, "intermediate_size"),
-        max_position_embeddings=serving_window(
-            _int(hf, "max_position_embeddings", default=2048), max_model_len
-        ),
+        max_position_embeddings=serving_window(declared, max_model_len),
+        declared_positions=declared,
     )
 
 
@@ -186,10 +188,13 @@ def _llama(hf: Hf, common: Hf, max_model_len: int | None) -> ModelConfig:
         first = hf.get("max_window_layers", n)
         types = ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
     bias = _bool(hf, "attention_bias")
+    # Phi-3 keeps original_max_position_embeddings at the top level (its default: 4096).
+    top = {"original_max_position_embeddings": 4096} | hf if arch.startswith("Phi3") else hf
+    rope = _rope(params, sizes, hf, theta=10000.0, rotary_dim=rotary, top_level=top)
     return ModelConfig(
         **common,
         **sizes,
-        rope=_rope(hf, params, theta=_float(hf, "rope_theta", 10000.0), rotary_dim=rotary),
+        rope=rope,
         norm_eps=_float(hf, "rms_norm_eps", 1e-6),
         tie_word_embeddings=_bool(hf, "tie_word_embeddings"),
         qkv_bias=bias or arch == "Qwen2ForCausalLM",
@@ -209,14 +214,17 @@ def _gemma(hf: Hf, common: Hf, max_model_len: int | None) -> ModelConfig:
     n, head_dim = sizes["num_layers"], sizes["head_dim"]
     every = _int(hf, "sliding_window_pattern", default=6) if gemma3 else 2
     types = ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(n)]
-    global_theta = _float(hf, "rope_theta", 1e6 if gemma3 else 10000.0)
-    rope = _rope(hf, _rope_params(hf, "full_attention"), theta=global_theta, rotary_dim=head_dim)
+    global_theta = 1e6 if gemma3 else 10000.0
+    params = _rope_params(hf, "full_attention")
     local_rope = None
-    if gemma3:
+    if gemma3:  # local layers rotate with their own base, unscaled
         local = _rope_params(hf, "sliding_attention")
         local = local if "sliding_attention" in (hf.get("rope_parameters") or {}) else {}
         local_theta = _float(hf, "rope_local_base_freq", 10000.0)
-        local_rope = _rope(hf, local, theta=local_theta, rotary_dim=head_dim)
+        local_rope = _rope(
+            local, dict(sizes), hf, theta=local_theta, rotary_dim=head_dim, top_level=None
+        )
+    rope = _rope(params, sizes, hf, theta=global_theta, rotary_dim=head_dim, top_level=hf)
     return ModelConfig(
         **common,
         **sizes,
@@ -267,11 +275,13 @@ def _gpt_neox(hf: Hf, common: Hf, max_model_len: int | None) -> ModelConfig:
     rotary = _rotary_dim(hf, params, sizes["head_dim"], "partial_rotary_factor", "rotary_pct")
     if rotary == 0:
         raise ValueError("config.json: rotary_pct leaves no rotary dims")
-    theta = _float(hf, "rotary_emb_base", _float(hf, "rope_theta", 10000.0))
+    theta = _float(hf, "rotary_emb_base", 10000.0)
+    top = {k: v for k, v in hf.items() if k not in ("partial_rotary_factor", "rotary_pct")}
+    rope = _rope(params, sizes, hf, theta=theta, rotary_dim=rotary, top_level=top)
     return ModelConfig(
         **common,
         **sizes,
-        rope=_rope(hf, params, theta=theta, rotary_dim=rotary),
+        rope=rope,
         norm_eps=_float(hf, "layer_norm_eps", 1e-5),
         tie_word_embeddings=_bool(hf, "tie_word_embeddings"),
         qkv_bias=_bool(hf, "attention_bias", True),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from blendrt.cache.pool import MemberKV
-from blendrt.models.config import ModelConfig, RopeConfig
+from blendrt.models.config import ModelConfig
+from blendrt.models.rope import RopeConfig, rope_attention_factor, rope_inv_freq
 from blendrt.ops import layer_ops
 from blendrt.ops.attention import AttentionBackend, AttentionMetadata
 from blendrt.ops.rope import RopeTables
@@ -40,26 +40,6 @@ class RMSNorm(nn.Module):
         return layer_ops.rms_norm(x, self.weight, self.eps, residual)
 
 
-def rope_inv_freq(rope: RopeConfig) -> torch.Tensor:  # [rotary_dim / 2] float32
-    dim = rope.rotary_dim
-    inv_freq = 1.0 / (rope.theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    if rope.scaling == "linear":
-        return inv_freq / rope.factor
-    if rope.scaling == "llama3":
-        old_len = rope.original_max_position_embeddings
-        low_wavelen = old_len / rope.low_freq_factor
-        high_wavelen = old_len / rope.high_freq_factor
-        wavelen = 2 * math.pi / inv_freq
-        scaled = torch.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
-        smooth = (old_len / wavelen - rope.low_freq_factor) / (
-            rope.high_freq_factor - rope.low_freq_factor
-        )
-        smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
-        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-        return torch.where(medium, smoothed, scaled)
-    return inv_freq
-
-
 class RotaryEmbedding(nn.Module):
     """A member's cos/sin tables: the first rotary_dim dims of each head rotate, in pairs of
     halves (Llama) or neighbours (GPT-J); `tables` hands a step's angles to every layer.
@@ -75,6 +55,7 @@ class RotaryEmbedding(nn.Module):
         self.rotary_dim = rope.rotary_dim
         self.interleaved = rope.interleaved
         self.max_positions = max_positions
+        self.attention_factor = rope_attention_factor(rope)  # scales cos and sin (yarn...)
         self.register_buffer("inv_freq", rope_inv_freq(rope), persistent=False)
         self.register_buffer("cos", torch.empty(0, self.rotary_dim), persistent=False)
         self.register_buffer("sin", torch.empty(0, self.rotary_dim), persistent=False)
@@ -96,7 +77,8 @@ class RotaryEmbedding(nn.Module):
             freqs = freqs.repeat_interleave(2, dim=-1)
         else:
             freqs = torch.cat([freqs, freqs], dim=-1)
-        self.cos, self.sin = freqs.cos(), freqs.sin()  # [size, rotary_dim]
+        scale = self.attention_factor
+        self.cos, self.sin = freqs.cos() * scale, freqs.sin() * scale  # [size, rotary_dim]
 
     def tables(self, positions: torch.Tensor) -> RopeTables:
         """The step's angles for every layer (positions [T] int64, checked once here)."""

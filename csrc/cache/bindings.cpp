@@ -58,7 +58,7 @@ void bind_cache(py::module_& m) {
            py::arg("enable_prefix_caching") = true)
       .def_property_readonly("prefix_caching_enabled", &KVCacheCore::prefix_caching_enabled)
       .def("register_member", &KVCacheCore::register_member, py::arg("name"),
-           py::arg("tokens_per_page"))
+           py::arg("tokens_per_page"), py::arg("window") = 0)
       .def_property_readonly("num_members", &KVCacheCore::num_members)
       .def("tokens_per_page", &KVCacheCore::tokens_per_page, py::arg("member_id"))
       .def(

@@ -32,8 +32,13 @@ KVCacheCore::KVCacheCore(int32_t num_pages, uint64_t hash_seed, bool enable_pref
   }
 }
 
-int32_t KVCacheCore::register_member(const std::string& name, int32_t tokens_per_page) {
+int32_t KVCacheCore::register_member(const std::string& name, int32_t tokens_per_page,
+                                     int32_t window) {
   if (name.empty()) throw std::invalid_argument("member name must not be empty");
+  if (window < 0) {
+    throw std::invalid_argument("member '" + name + "': window must be >= 0, got " +
+                                std::to_string(window));
+  }
   if (tokens_per_page <= 0) {
     throw std::invalid_argument("member '" + name + "': tokens_per_page must be positive, got " +
                                 std::to_string(tokens_per_page));
@@ -48,6 +53,7 @@ int32_t KVCacheCore::register_member(const std::string& name, int32_t tokens_per
   MemberInfo info;
   info.name = name;
   info.tokens_per_page = tokens_per_page;
+  info.window = window;
   // NOTE: the chain's root names the member, so identical token ids of two members never
   // map to the same key: members never share pages.
   const std::string tagged = "blendrt.member:" + name;
@@ -117,12 +123,31 @@ KVCacheCore::Lookup KVCacheCore::lookup(Sequence& s) {
   const auto reusable = static_cast<int32_t>(s.token_ids.size()) - 1;
   Lookup found;
   const int32_t max_pages = reusable / tpp;
+  // NOTE: with a window, the prefix of pages [0, i) is usable when the pages the query at
+  // position i * tpp reads are all cached; pages before its window may have been evicted
+  // (they stay kReleased in the hit list). Without one, every page must be cached.
+  const MemberInfo& m = members_[s.member];
+  std::vector<int32_t> chain;  // {logical page: cached page or kReleased}
+  int32_t run_start = 0;       // first page of the current run of cached pages
+  size_t best = 0;
   for (int32_t i = 0; i < max_pages; ++i) {
     memoize_keys(s, i + 1);
     const int32_t page = index_.find(s.page_keys[i]);
-    if (page < 0) break;
-    found.hits.push_back(page);
+    if (page < 0) {
+      if (m.window == 0) break;
+      run_start = i + 1;
+    }
+    chain.push_back(page);
+    if (page >= 0 && run_start <= first_page_in_window(m, static_cast<int64_t>(i + 1) * tpp)) {
+      best = chain.size();
+    }
   }
+  chain.resize(best);
+  if (m.window > 0 && best > 0) {
+    const int32_t first = first_page_in_window(m, static_cast<int64_t>(best) * tpp);
+    for (int32_t i = 0; i < first; ++i) chain[i] = kReleased;  // not needed: not taken
+  }
+  found.hits = std::move(chain);
   // Where the chain of full pages ends, a cached page sharing the next tokens' start (a
   // partly filled one, or a full one the sequence leaves midway) is reused up to the token.
   const auto i = static_cast<int32_t>(found.hits.size());
@@ -173,7 +198,8 @@ KVCacheCore::Plan KVCacheCore::plan(Sequence& s, int32_t num_new_tokens) {
   p.num_new_pages = static_cast<int32_t>(std::max<int64_t>(0, num_pages - num_held));
   p.num_available = allocator_.num_available();
   for (int32_t page : p.found.hits) {
-    if (allocator_.is_cached(page)) --p.num_available;  // taking it removes it from the LRU
+    // taking a cached page removes it from the LRU
+    if (page != kReleased && allocator_.is_cached(page)) --p.num_available;
   }
   if (p.found.partial_tokens > 0 && allocator_.is_cached(p.found.partial_page)) {
     --p.num_available;  // held while its copy's page is taken
@@ -197,7 +223,8 @@ bool KVCacheCore::allocate(int64_t request_id, int32_t num_new_tokens) {
     // NOTE: hits (and the page a partial hit copies) are referenced before new pages are
     // taken, so taking cannot evict them.
     for (int32_t page : p.found.hits) {
-      allocator_.ref(page);
+      if (page != kReleased) allocator_.ref(page);
+      s.num_released_pages += page == kReleased;
       s.block_table.push_back(page);
     }
     if (src >= 0) allocator_.ref(src);
@@ -238,11 +265,12 @@ void KVCacheCore::commit(int64_t request_id, int32_t num_tokens) {
                                 std::to_string(s.token_ids.size()) + " known");
   }
   s.num_computed_tokens = static_cast<int32_t>(num_computed);
-  if (!enable_prefix_caching_) return;
+  if (!enable_prefix_caching_) return release_before_window(s);
   const auto num_full = static_cast<int32_t>(num_computed / tpp);
   memoize_keys(s, num_full);
   for (int32_t i = s.num_registered_pages; i < num_full; ++i) {
     const int32_t page = s.block_table[i];
+    if (page == kReleased) continue;  // a windowed hit skipped it
     // NOTE: a page computed twice (two sequences prefilling the same text at once) is
     // registered once; the duplicate stays uncached and is freed with its sequence.
     const Hash128& parent = i == 0 ? members_[s.member].root : s.page_keys[i - 1];
@@ -251,6 +279,27 @@ void KVCacheCore::commit(int64_t request_id, int32_t num_tokens) {
     }
   }
   s.num_registered_pages = std::max(s.num_registered_pages, num_full);
+  release_before_window(s);
+}
+
+int32_t KVCacheCore::first_page_in_window(const MemberInfo& m, int64_t position) const {
+  if (m.window == 0) return 0;
+  return static_cast<int32_t>(std::max<int64_t>(0, position - m.window + 1) / m.tokens_per_page);
+}
+
+void KVCacheCore::release_before_window(Sequence& s) {
+  const MemberInfo& m = members_[s.member];
+  if (m.window == 0) return;
+  // NOTE: queries still to come sit at positions >= num_computed_tokens, so none reads a
+  // page before the one this position's window starts in. Released heads first: the LRU
+  // evicts them before the pages the window still covers.
+  const int32_t first = std::min(first_page_in_window(m, s.num_computed_tokens),
+                                 static_cast<int32_t>(s.block_table.size()));
+  for (; s.num_released_pages < first; ++s.num_released_pages) {
+    int32_t& page = s.block_table[s.num_released_pages];
+    if (page != kReleased) allocator_.unref(page);
+    page = kReleased;
+  }
 }
 
 void KVCacheCore::free(int64_t request_id) {
@@ -259,7 +308,7 @@ void KVCacheCore::free(int64_t request_id) {
   // NOTE: released last page first, so within one sequence the LRU queue evicts the tail
   // of a prefix before its head (a head evicted first would strand the tail).
   for (auto it = s.block_table.rbegin(); it != s.block_table.rend(); ++it) {
-    allocator_.unref(*it);
+    if (*it != kReleased) allocator_.unref(*it);
   }
   --members_[s.member].num_sequences;
   seqs_.erase(request_id);
@@ -275,7 +324,7 @@ void KVCacheCore::register_partial_page(Sequence& s) {
     return;
   }
   const int32_t page = s.block_table[i];
-  if (index_.contains_page(page) || allocator_.refcount(page) != 1) return;
+  if (page == kReleased || index_.contains_page(page) || allocator_.refcount(page) != 1) return;
   memoize_keys(s, i);
   const Hash128& parent = i == 0 ? members_[s.member].root : s.page_keys[i - 1];
   if (index_.insert_partial(parent, page, s.token_ids.data() + i * tpp, n)) {
@@ -304,7 +353,7 @@ std::pair<int32_t, int32_t> KVCacheCore::fork(int64_t parent_id, int64_t child_i
       if (evicted) index_.erase_page(page);
       copy = {child.block_table[i], page};
       child.block_table[i] = page;
-    } else {
+    } else if (child.block_table[i] != kReleased) {
       allocator_.ref(child.block_table[i]);
     }
   }
@@ -343,7 +392,12 @@ void KVCacheCore::check_invariants() const {
   for (const auto& [id, s] : seqs_) {
     const int32_t tpp = members_[s.member].tokens_per_page;
     ++live[s.member];
-    for (int32_t page : s.block_table) {
+    for (size_t i = 0; i < s.block_table.size(); ++i) {
+      const int32_t page = s.block_table[i];
+      if (page == kReleased) {
+        if (static_cast<int32_t>(i) >= s.num_released_pages) fail("a live slot has no page");
+        continue;
+      }
       ++refs[page];
       if (allocator_.owner(page) != s.member) fail("page owned by another member");
     }

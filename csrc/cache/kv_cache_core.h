@@ -14,6 +14,12 @@
 //                 |             | commit      |             |
 //                             num_computed_tokens = 6 ^
 //
+// A member whose every layer has a sliding window releases the pages that fall wholly
+// before the window of every query still to come: block_table keeps their slots, as
+// kReleased (-1); full pages were registered at commit, so they stay in the prefix cache
+// (LRU) and another sequence may still reuse them. A windowed lookup needs only the pages
+// its first query's window reaches: earlier pages of the chain may be evicted.
+//
 // Lifecycle: add_sequence(ids) -> allocate(n) [first call reuses the longest cached prefix]
 // -> build_batch -> forward writes KV -> commit(n) [registers newly full pages]
 // -> append_tokens(sampled) -> allocate(1) -> ... -> free() [cached pages go to the LRU queue].
@@ -39,9 +45,16 @@ class NotFoundError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A block-table slot whose page was released (wholly before the sliding window).
+constexpr int32_t kReleased = -1;
+
 struct MemberInfo {
   std::string name;
   int32_t tokens_per_page = 0;
+  // Sliding window of every layer, in tokens (0: some layer sees the whole sequence). A
+  // query at position p reads keys in (p - window, p]: pages wholly before that for every
+  // future query are released while the sequence runs.
+  int32_t window = 0;
   Hash128 root;              // key of the (virtual) page before the first one
   int64_t hit_tokens = 0;    // prompt tokens served from the prefix cache
   int64_t miss_tokens = 0;   // prompt tokens that had to be computed
@@ -55,6 +68,8 @@ struct Sequence {
   std::vector<Hash128> page_keys;    // {logical page: key}, memoised for full pages
   int32_t num_computed_tokens = 0;   // tokens whose KV is written in the pool
   int32_t num_registered_pages = 0;  // block_table[:n] were offered to the prefix index
+  // block_table[:n] are released (kReleased): before every future query's window.
+  int32_t num_released_pages = 0;
   bool has_allocated = false;        // the first allocate() consulted the prefix cache
 };
 
@@ -64,7 +79,8 @@ class KVCacheCore {
   // With enable_prefix_caching = false no page is ever registered, so nothing is ever reused.
   explicit KVCacheCore(int32_t num_pages, uint64_t hash_seed = 0, bool enable_prefix_caching = true);
 
-  int32_t register_member(const std::string& name, int32_t tokens_per_page);
+  // window > 0: every layer of the member attends to at most `window` tokens back.
+  int32_t register_member(const std::string& name, int32_t tokens_per_page, int32_t window = 0);
   int32_t num_members() const { return static_cast<int32_t>(members_.size()); }
   const MemberInfo& member(int32_t member_id) const;
 
@@ -135,6 +151,10 @@ class KVCacheCore {
     int32_t num_available = 0;  // pages take() may hand out, found pages excluded
   };
   void register_partial_page(Sequence& s);
+  // The first page a query at `position` can read (0 without a window).
+  int32_t first_page_in_window(const MemberInfo& m, int64_t position) const;
+  // Releases the pages before every future query's window.
+  void release_before_window(Sequence& s);
   Plan plan(Sequence& s, int32_t num_new_tokens);
 
   PageAllocator allocator_;
