@@ -111,6 +111,7 @@ def check_parity(
     num_tokens: int = 70,
     backends: tuple[str, ...] = ("torch", "reference"),
     greedy: int = 12,
+    greedy_prompt: int = 20,
 ) -> float:
     """Asserts log-prob parity (< 1e-4) at once and in scattered chunks on each backend,
     and identical greedy tokens; returns the largest |delta logprob| seen."""
@@ -126,7 +127,7 @@ def check_parity(
         worst = max(worst, (chunked - ref).abs().max().item())
     assert worst < 1e-4, f"max |delta logprob| {worst:.2e}"
     if greedy:
-        prompt = ids[:20].tolist()
+        prompt = ids[:greedy_prompt].tolist()
         with torch.no_grad():
             out = hf_model.generate(
                 torch.tensor([prompt]), max_new_tokens=greedy, do_sample=False,

@@ -166,9 +166,25 @@ def _common_sizes(hf: Hf, max_model_len: int | None) -> dict[str, Any]:
         num_kv_heads=_int(hf, "num_key_value_heads", default=heads),
         head_dim=_head_dim(hf, hidden, heads),
         intermediate_size=_int(hf, "intermediate_size"),
-        max_position_embeddings=serving_window(declared, max_model_len),
+        max_position_embeddings=serving_window(_scaled_positions(hf, declared), max_model_len),
         declared_positions=declared,
     )
+
+
+def _scaled_positions(hf: Hf, declared: int) -> int:
+    """Positions a member serves by default: the declared ones, or for rope types that
+    stretch them (as vLLM derives max_model_len) dynamic: declared x factor, yarn: the
+    original length x factor. Bounded like any size."""
+    params = _rope_params(hf, "full_attention")
+    kind = params.get("rope_type", params.get("type"))
+    factor = params.get("factor")
+    if kind not in ("dynamic", "yarn") or type(factor) not in (int, float) or factor <= 1:
+        return declared
+    base = declared
+    if kind == "yarn":
+        base = params.get("original_max_position_embeddings") or declared
+        base = base if type(base) is int and base > 0 else declared
+    return min(int(base * factor), LIMITS["max_position_embeddings"])
 
 
 # ---- families ----------------------------------------------------------------------------
@@ -206,10 +222,25 @@ def _llama(hf: Hf, common: Hf, max_model_len: int | None) -> ModelConfig:
     )
 
 
+#: transformers' defaults for the keys a Gemma config.json may leave out, where the generic
+#: readers' defaults differ (Gemma 2 soft-caps unless told otherwise; null turns a cap off).
+_GEMMA2_DEFAULTS: Hf = dict(
+    num_key_value_heads=4, head_dim=256, max_position_embeddings=8192, sliding_window=4096,
+    query_pre_attn_scalar=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+)  # fmt: skip
+_GEMMA3_DEFAULTS: Hf = dict(
+    num_key_value_heads=4, head_dim=256, max_position_embeddings=131072, sliding_window=4096,
+    query_pre_attn_scalar=256,
+)  # fmt: skip
+
+
 def _gemma(hf: Hf, common: Hf, max_model_len: int | None) -> ModelConfig:
     """Gemma 2 and Gemma 3 text: local (sliding) and global layers, soft-capping (2),
     q/k norms and a separate local rotary base (3)."""
     gemma3 = common["architecture"] == "Gemma3ForCausalLM"
+    if _bool(hf, "use_bidirectional_attention"):
+        raise ValueError("config.json: use_bidirectional_attention (not causal) is not supported")
+    hf = (_GEMMA3_DEFAULTS if gemma3 else _GEMMA2_DEFAULTS) | hf  # transformers' defaults
     sizes = _common_sizes(hf, max_model_len)
     n, head_dim = sizes["num_layers"], sizes["head_dim"]
     every = _int(hf, "sliding_window_pattern", default=6) if gemma3 else 2
@@ -225,6 +256,10 @@ def _gemma(hf: Hf, common: Hf, max_model_len: int | None) -> ModelConfig:
             local, dict(sizes), hf, theta=local_theta, rotary_dim=head_dim, top_level=None
         )
     rope = _rope(params, sizes, hf, theta=global_theta, rotary_dim=head_dim, top_level=hf)
+    context = sizes["max_position_embeddings"]
+    windows = _windows(hf, n, context, types)
+    if gemma3 and not windows:  # a window covering the context still marks the local layers
+        windows = _windows(hf | {"sliding_window": context}, n, context + 1, types)
     return ModelConfig(
         **common,
         **sizes,
@@ -236,7 +271,7 @@ def _gemma(hf: Hf, common: Hf, max_model_len: int | None) -> ModelConfig:
         o_proj_bias=_bool(hf, "attention_bias"),
         hidden_act=_activation(hf, "hidden_activation", "hidden_act", default="gelu_pytorch_tanh"),
         qk_norm=gemma3,
-        layer_windows=_windows(hf, n, sizes["max_position_embeddings"], types),
+        layer_windows=windows,  # 0: global
         attn_logit_softcap=_float(hf, "attn_logit_softcapping", None) or 0.0,
         final_logit_softcap=_float(hf, "final_logit_softcapping", None) or 0.0,
         query_pre_attn_scalar=_float(hf, "query_pre_attn_scalar", float(head_dim)),
@@ -271,10 +306,18 @@ def _gptj(hf: Hf, common: Hf, max_model_len: int | None) -> ModelConfig:
 def _gpt_neox(hf: Hf, common: Hf, max_model_len: int | None) -> ModelConfig:
     """GPT-NeoX / Pythia: partial rotary (halves), biases everywhere, parallel residual."""
     sizes = _common_sizes(hf, max_model_len)
-    params = _rope_params(hf)
-    rotary = _rotary_dim(hf, params, sizes["head_dim"], "partial_rotary_factor", "rotary_pct")
+    params, head_dim = _rope_params(hf), sizes["head_dim"]
+    keys = ("partial_rotary_factor", "rotary_pct")  # transformers 5's name, then 4's
+    # absent, the fraction is 0.25 (as transformers reads it)
+    pct = next((p[k] for p in (params, hf) for k in keys if p.get(k) is not None), 0.25)
+    rotary = _rotary_dim(hf, {"partial_rotary_factor": pct}, head_dim, *keys)
     if rotary == 0:
         raise ValueError("config.json: rotary_pct leaves no rotary dims")
+    if rotary != int(head_dim * pct):  # transformers turns one more dim, at odd frequencies
+        raise ValueError(
+            f"config.json: rotary_pct {pct} gives an odd {int(head_dim * pct)} rotary dims "
+            f"of {head_dim}; blendrt rotates an even number"
+        )
     theta = _float(hf, "rotary_emb_base", 10000.0)
     top = {k: v for k, v in hf.items() if k not in ("partial_rotary_factor", "rotary_pct")}
     rope = _rope(params, sizes, hf, theta=theta, rotary_dim=rotary, top_level=top)
