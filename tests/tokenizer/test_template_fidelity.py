@@ -25,6 +25,10 @@ CASES = {
     "zephyr": ["spm_bpe_dir", "spm_bpe_legacy_dir"],
     "qwen2.5": ["bytelevel_dir", "llama3_dir", "spm_bpe_dir"],  # ChatML, also on a Llama tokenizer
     "vicuna": ["spm_bpe_dir", "spm_bpe_legacy_dir"],
+    "qwen3": ["bytelevel_dir", "llama3_dir"],
+    "gemma-2": ["spm_bpe_dir", "spm_bpe_legacy_dir", "llama2_json_dir"],
+    "gemma-3": ["spm_bpe_dir", "spm_bpe_legacy_dir", "llama2_json_dir"],
+    "phi-3": ["spm_bpe_dir", "spm_bpe_legacy_dir", "llama2_json_dir"],
 }
 TURNS = [
     {"role": "user", "content": "Hello there, how are you today?"},
@@ -69,7 +73,7 @@ def test_renders_as_apply_chat_template(request, tmp_path: Path, template: str, 
             assert got == want, (template, kind, system, k, tok.decode(got), tok.decode(want))
             checked += 1
     assert checked >= 5
-    if template == "mistral-v0.1":
+    if template in ("mistral-v0.1", "gemma-2"):
         assert refused == 6  # no system role: every history with one is refused
 
 
@@ -86,3 +90,69 @@ def test_a_template_moving_the_system_prompt_renders_whole(request, tmp_path: Pa
     assert fmt.num_whole_renders == 1
     with pytest.raises(NotAppendOnly):
         fmt.segments(conv[:4])
+
+
+QWEN3_THINKING = [
+    {"role": "user", "content": "Hello there, how are you today?"},
+    {
+        "role": "assistant",
+        "content": "<think>\nThe user greets me.\n</think>\n\nI am fine, thanks.",
+    },
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "<think>\nEasy.\n</think>\n\nThe capital is Paris."},
+    {"role": "user", "content": "Merci! Numbers 12345 and 3.14159 😀"},
+    {"role": "assistant", "content": "De rien!", "reasoning_content": "A polite reply."},
+]
+
+
+@pytest.mark.parametrize("kind", ["bytelevel_dir", "llama3_dir"])
+@pytest.mark.parametrize("kwargs", [{}, {"enable_thinking": False}, {"enable_thinking": True}])
+def test_qwen3_thinking_renders_as_apply_chat_template(
+    request, tmp_path: Path, kind: str, kwargs: dict
+) -> None:
+    """Qwen3 keeps a reply's reasoning (or an empty <think></think>) only on the assistant
+    turns after the last user query: earlier replies lose it once a user turn follows, so
+    those histories render whole; enable_thinking=False writes an empty think block into the
+    generation prompt. Template keyword arguments reach the template as in transformers."""
+    from transformers import AutoTokenizer
+
+    text = (TEMPLATES / "qwen3.jinja").read_text(encoding="utf-8")
+    folder = folder_with_template(request.getfixturevalue(kind), tmp_path / "t", text)
+    tok, hf = load_tokenizer(folder), AutoTokenizer.from_pretrained(str(folder))
+    fmt = get_chat_format(tok, template_kwargs=kwargs)
+    checked = 0
+    for turns in (TURNS, QWEN3_THINKING):
+        for system in (False, True):
+            conv = [SYSTEM, *turns] if system else turns
+            for k in range(1, len(conv) + 1):
+                gen = conv[k - 1]["role"] != "assistant"
+                out = hf.apply_chat_template(
+                    conv[:k], tokenize=True, add_generation_prompt=gen, **kwargs
+                )
+                want = list(getattr(out, "input_ids", out))
+                got = fmt.render(conv[:k], add_generation_prompt=gen)
+                assert got == want, (kwargs, system, k, tok.decode(got), tok.decode(want))
+                checked += 1
+    assert checked == 24
+    assert fmt.num_whole_renders > 0  # a reply followed by a user turn loses its think block
+    opening = tok.decode(fmt.generation_prompt_ids(TURNS[:1]))  # from the user turn's "\n" on
+    think = kwargs.get("enable_thinking") is False
+    assert opening == "\n<|im_start|>assistant\n" + ("<think>\n\n</think>\n\n" if think else "")
+
+
+def test_gemma3_folds_the_system_prompt_and_stays_append_only(request, tmp_path: Path) -> None:
+    """Gemma 3 has no system turn: the system prompt opens the first user turn, which it
+    never leaves, so histories with one still render message by message."""
+    text = (TEMPLATES / "gemma-3.jinja").read_text(encoding="utf-8")
+    folder = folder_with_template(request.getfixturevalue("spm_bpe_dir"), tmp_path / "t", text)
+    tok = load_tokenizer(folder)
+    fmt = get_chat_format(tok)
+    conv = [SYSTEM, *TURNS]
+    segments = fmt.segments(conv)
+    assert segments[0].ids == tuple(tok.encode("<s>", add_special_tokens=False))  # BOS alone
+    first = tok.decode(list(segments[1].ids))
+    assert first.startswith("<start_of_turn>user\nYou are Ærø, a helpful bot.\n\nHello there")
+    for k in range(1, len(conv) + 1):
+        fmt.render(conv[:k], add_generation_prompt=conv[k - 1]["role"] != "assistant")
+    assert fmt.num_whole_renders == 0
+    assert fmt.stop_strings == ["<end_of_turn>"]
