@@ -56,6 +56,8 @@ class MemberCacheStats:
     miss_tokens: int  # prompt tokens computed
     num_sequences: int
     slack_tokens: int  # slots live sequences hold in their pages but have not filled
+    window: int  # tokens every layer sees back (0: unbounded)
+    released_pages: int  # pages released before a window while their sequence ran
 
     @property
     def hit_rate(self) -> float:

@@ -24,6 +24,9 @@ def engine_stats(engine: LLMEngine) -> dict:
             "prefix_hit_tokens": m.hit_tokens,
             "prefix_miss_tokens": m.miss_tokens,
             "prefix_hit_rate": m.hit_rate,
+            # sliding-window members: pages freed before the window while sequences ran
+            "window": m.window,
+            "released_pages": m.released_pages,
         }
     hits = sum(m["prefix_hit_tokens"] for m in members.values())
     looked_up = hits + sum(m["prefix_miss_tokens"] for m in members.values())

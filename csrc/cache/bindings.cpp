@@ -169,6 +169,8 @@ void bind_cache(py::module_& m) {
             d["miss_tokens"] = m.miss_tokens;
             d["num_sequences"] = m.num_sequences;
             d["slack_tokens"] = c.slack_tokens(member_id);
+            d["window"] = m.window;
+            d["released_pages"] = m.released_pages;
             return d;
           },
           py::arg("member_id"))

@@ -297,7 +297,10 @@ void KVCacheCore::release_before_window(Sequence& s) {
                                  static_cast<int32_t>(s.block_table.size()));
   for (; s.num_released_pages < first; ++s.num_released_pages) {
     int32_t& page = s.block_table[s.num_released_pages];
-    if (page != kReleased) allocator_.unref(page);
+    if (page != kReleased) {
+      allocator_.unref(page);
+      ++members_[s.member].released_pages;
+    }
     page = kReleased;
   }
 }

@@ -59,6 +59,7 @@ struct MemberInfo {
   int64_t hit_tokens = 0;    // prompt tokens served from the prefix cache
   int64_t miss_tokens = 0;   // prompt tokens that had to be computed
   int64_t num_sequences = 0; // live sequences
+  int64_t released_pages = 0; // pages released before a window while their sequence ran
 };
 
 struct Sequence {

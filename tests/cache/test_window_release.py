@@ -52,6 +52,8 @@ def test_pages_before_the_window_are_released_while_running() -> None:
         m.check_invariants()
     # released full pages went to the prefix cache, not the free list
     assert m.stats().pages_cached == first_needed_page(computed)
+    assert m.stats().members["w"].released_pages == first_needed_page(computed)
+    assert m.stats().members["w"].window == WINDOW
     m.free(1)
     m.check_invariants()
     assert m.num_pages_in_use == 0
