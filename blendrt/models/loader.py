@@ -11,6 +11,8 @@ from torch import nn
 from tqdm import tqdm
 
 from blendrt.models.config import ModelConfig
+from blendrt.models.gpt2 import GPT2Model
+from blendrt.models.gpt_neox import GPTNeoXModel
 from blendrt.models.gptj import GPTJModel
 from blendrt.models.hf_config import parse_hf_config
 from blendrt.models.llama import LlamaModel
@@ -30,7 +32,12 @@ from blendrt.sampling import SamplingParams
 if TYPE_CHECKING:
     from blendrt.models.quant_checkpoints import CheckpointQuant
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"llama": LlamaModel, "gptj": GPTJModel}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "llama": LlamaModel,
+    "gptj": GPTJModel,
+    "gpt_neox": GPTNeoXModel,
+    "gpt2": GPT2Model,
+}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
