@@ -60,7 +60,8 @@ def _scattered_chunks(folder: Path, ids: np.ndarray, backend: str) -> torch.Tens
     loaded = load_model(folder)
     c = loaded.config
     geometry = KVGeometry(c.num_layers, c.num_kv_heads, c.head_dim, torch.float32)
-    pool = PagePool(5 * geometry.bytes_per_token, num_pages=2 * (len(ids) // 5 + 4))
+    page_bytes = -(-5 * geometry.bytes_per_token // 256) * 256  # >= 5 tokens, 256-aligned
+    pool = PagePool(page_bytes, num_pages=2 * (len(ids) // 5 + 4))
     pool.buffer.view(torch.float32).fill_(float("nan"))  # unwritten memory is poison
     kv = pool.register_member("m", geometry)
     pool.register_member("other", KVGeometry(1, 1, 16, torch.float32))

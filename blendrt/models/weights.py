@@ -227,7 +227,7 @@ def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-_LAYER = re.compile(r"\.(?:layers|h)\.(\d+)\.")
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.")  # GPT-2 hub names start "h.N."
 
 
 def check_layer_count(shapes: dict[str, tuple[int, ...]], num_layers: int) -> None:

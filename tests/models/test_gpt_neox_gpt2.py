@@ -213,11 +213,6 @@ def test_gpt2_weight_map_reads_names_without_prefix(gpt2, tmp_path: Path) -> Non
         assert torch.equal(value, models[1][key]), key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="weights.check_layer_count's regex wants a dot before `h.N.`: bare GPT-2 names "
-    "(openai-community/gpt2) read as 0 layers",
-)
 def test_gpt2_loads_a_checkpoint_saved_without_prefix(gpt2, tmp_path: Path) -> None:
     folder, hf_model = gpt2
     _bare_names(folder, tmp_path / "bare")
