@@ -272,7 +272,8 @@ def _gemma(hf: Hf, common: Hf, max_model_len: int | None) -> ModelConfig:
         hidden_act=_activation(hf, "hidden_activation", "hidden_act", default="gelu_pytorch_tanh"),
         qk_norm=gemma3,
         layer_windows=windows,  # 0: global
-        attn_logit_softcap=_float(hf, "attn_logit_softcapping", None) or 0.0,
+        # transformers' Gemma 3 never soft-caps attention, whatever the config says
+        attn_logit_softcap=0.0 if gemma3 else _float(hf, "attn_logit_softcapping", None) or 0.0,
         final_logit_softcap=_float(hf, "final_logit_softcapping", None) or 0.0,
         query_pre_attn_scalar=_float(hf, "query_pre_attn_scalar", float(head_dim)),
     )

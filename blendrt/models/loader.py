@@ -11,6 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from blendrt.models.config import ModelConfig
+from blendrt.models.gemma import GemmaModel
 from blendrt.models.gpt2 import GPT2Model
 from blendrt.models.gpt_neox import GPTNeoXModel
 from blendrt.models.gptj import GPTJModel
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "llama": LlamaModel,
+    "gemma": GemmaModel,
     "gptj": GPTJModel,
     "gpt_neox": GPTNeoXModel,
     "gpt2": GPT2Model,
