@@ -4,7 +4,9 @@ A decode-only step (one new token per sequence) runs `decode_attention`, which s
 contexts across the machine; anything else, prefills and mixed prefill + decode batches,
 runs `extend_attention` once for the whole batch. With a quantized KV cache (int8 or
 fp8_e4m3: `k_scale`/`v_scale` given), store_kv quantizes rows as it writes them and the
-attention kernels dequantize tiles as they load them; no separate pass over the cache.
+attention kernels dequantize tiles as they load them; no separate pass over the cache. A
+sliding window and soft-capped scores go to both kernels, which read each sequence's pages
+from its first visible key's page on (earlier table entries may be -1: released).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ class TritonBackend(AttentionBackend):
         scale: float,
         k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16
         v_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16
+        *,
+        window: int = 0,
+        softcap: float = 0.0,
     ) -> torch.Tensor:  # [T, H_q, D]
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping, k_scale, v_scale)
         # NOTE: decode rows are [B, H_q, D]: one token per sequence, so T must equal B.
@@ -40,8 +45,10 @@ class TritonBackend(AttentionBackend):
             return decode_attention(
                 q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale,
                 max_context_len=meta.max_context_len, k_scale=k_scale, v_scale=v_scale,
+                window=window, softcap=softcap,
             )  # fmt: skip
         return extend_attention(
             q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q, meta.context_lens,
             scale, max_query_len=meta.max_query_len, k_scale=k_scale, v_scale=v_scale,
+            window=window, softcap=softcap,
         )  # fmt: skip

@@ -16,6 +16,11 @@ With a quantized cache (k_scale/v_scale given: int8 or fp8_e4m3 values, a float1
 (token, head) row, blendrt/ops/kv_quant.py) stage 1 loads each K/V tile as bytes and its
 rows' scales, dequantizes them in registers (`dequantize_rows`) to q's dtype and runs the same
 dots: one byte per element read at the same tiles (not re-tuned: no GPU measurement yet).
+
+A sliding window (window > 0) cuts each sequence's range to its last `window` positions
+before the splits share it out: pages before it are neither read nor named (their table
+entries may be -1, released), and short windows need fewer splits. Soft-capped scores
+(SOFTCAP, blendrt/ops/triton/softcap.py) pass through tanh before the online softmax.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import triton
 import triton.language as tl
 
 from blendrt.ops.triton.dtypes import TL_TYPES
+from blendrt.ops.triton.softcap import softcap_factors, tanh
 from blendrt.ops.triton.store_kv import (
     KV_POINTERS,
     SCALE_ARGS,
@@ -39,7 +45,6 @@ MAX_SPLITS = 64
 PROGRAMS_PER_SM = 8  # stage 1 aims at this many programs per multiprocessor: a few waves
 INTERPRETER_SM_COUNT = 4  # off CUDA (the Triton interpreter), keeps grids small
 MERGE_BLOCK_S = 32  # splits merged per step of stage 2
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -54,20 +59,26 @@ def _decode_split_kernel(
     part_out_ptr,  # [B, H_q, S, D] fp32: each split's normalised output
     part_lse_ptr,  # [B, H_q, S] fp32: each split's log2-sum-exp2, -inf when empty
     scale_log2, tokens_per_page, num_splits, min_split_len,  # scale * log2(e): fp32; ints
+    window,  # int: > 0, the query sees only the last `window` positions
+    softcap_log2,  # fp32 softcap * log2(e) with SOFTCAP (scale_log2 is then scale / softcap)
     stride_qb, stride_qh, stride_kp, stride_kt, stride_kh, stride_vp, stride_vt, stride_vh,
     stride_sp, stride_st, stride_sh,  # scale page / token / head strides, or None
     stride_bt,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     KV_DTYPE: tl.constexpr,  # "auto" (the cache holds q's dtype), "int8" or "fp8_e4m3"
+    SOFTCAP: tl.constexpr,  # scores -> tanh(s * scale_log2) * softcap_log2
 ):  # fmt: skip
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     context_len = tl.load(context_lens_ptr + b)
-    split_len = tl.cdiv(tl.cdiv(context_len, num_splits), BLOCK_N) * BLOCK_N
+    # NOTE: the splits share [kv_start, context_len), the query's window: table entries
+    # before kv_start's page may be -1 (released pages) and are never loaded.
+    kv_start = tl.where(window > 0, tl.maximum(context_len - window, 0), 0)
+    split_len = tl.cdiv(tl.cdiv(context_len - kv_start, num_splits), BLOCK_N) * BLOCK_N
     split_len = tl.maximum(split_len, min_split_len)
-    start = split * split_len
+    start = kv_start + split * split_len
     end = tl.minimum(start + split_len, context_len)  # start >= end: an empty split
 
     offs_g = tl.arange(0, BLOCK_G)
@@ -93,7 +104,8 @@ def _decode_split_kernel(
     for n0 in range(start, end, BLOCK_N):
         n = n0 + offs_n  # [BLOCK_N] positions in the sequence
         mask_n = n < end
-        # NOTE: masked by the context end, so the -1 padding of the table is never read.
+        # NOTE: masked by the context end, so the -1 padding of the table is never read;
+        # n >= start >= kv_start, so neither are released entries.
         page = tl.load(bt_row + n // tokens_per_page, mask=mask_n, other=0).to(tl.int64)
         slot = n % tokens_per_page
         kv_mask = mask_n[:, None] & mask_d[None, :]
@@ -106,6 +118,8 @@ def _decode_split_kernel(
             k_s = tl.load(k_scale_head + scale_rows, mask=mask_n, other=0.0)
             k = dequantize_rows(k, k_s, KV_DTYPE).to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2  # [BLOCK_G, BLOCK_N]
+        if SOFTCAP:
+            s = tanh(s) * softcap_log2
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every block holds a valid token
         alpha = tl.exp2(m_i - m_new)
@@ -228,13 +242,19 @@ def decode_attention(
     num_splits: int | None = None,
     k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16
     v_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16
+    window: int = 0,  # > 0: each query sees only its sequence's last `window` positions
+    softcap: float = 0.0,  # > 0: scores s -> softcap * tanh(s / softcap)
 ) -> torch.Tensor:  # [B, H_q, D] in q's dtype
     """Attention of each sequence's one query over its `context_lens[b]` paged tokens.
 
     `max_context_len` comes from host metadata (no device sync). A forced `num_splits` (tests,
     tuning) lets splits shrink to one block; otherwise splits hold >= MIN_SPLIT_TOKENS. With
     k_scale/v_scale the caches are int8 or float8_e4m3fn (blendrt/ops/kv_quant.py), read
-    dequantized to q's dtype."""
+    dequantized to q's dtype. A `window` reads only the pages of each sequence's last
+    `window` positions; `softcap` caps the scores."""
+    if window < 0:
+        raise ValueError(f"window must be >= 0, got {window}")
+    score_factor, softcap_log2 = softcap_factors(scale, softcap)
     batch, num_q_heads, head_dim = q.shape
     _, tokens_per_page, num_kv_heads, _ = k_cache.shape
     if v_cache.shape != k_cache.shape or k_cache.shape[3] != head_dim:
@@ -254,7 +274,8 @@ def decode_attention(
     split_consts, split_opts = cfg["split"]
     merge_consts, merge_opts = cfg["merge"]
     if num_splits is None:
-        num_splits = _num_splits(batch * num_kv_heads, max_context_len, q.device)
+        span = min(max_context_len, window) if window > 0 else max_context_len
+        num_splits = _num_splits(batch * num_kv_heads, span, q.device)
         min_split_len = MIN_SPLIT_TOKENS
     else:
         min_split_len = split_consts["BLOCK_N"]
@@ -269,9 +290,10 @@ def decode_attention(
     scale_strides = (None, None, None) if k_scale is None else k_scale.stride()
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, k_scale, v_scale, block_tables, context_lens, part_out, part_lse,
-        scale * LOG2E, tokens_per_page, num_splits, min_split_len,
+        score_factor, tokens_per_page, num_splits, min_split_len, window, softcap_log2,
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
-        *scale_strides, block_tables.stride(0), KV_DTYPE=kv_dtype, **split_consts, **split_opts,
+        *scale_strides, block_tables.stride(0), KV_DTYPE=kv_dtype, SOFTCAP=softcap > 0,
+        **split_consts, **split_opts,
     )  # fmt: skip
     _decode_merge_kernel[(batch, num_q_heads)](
         part_out, part_lse, out, num_splits, out.stride(0), out.stride(1),
@@ -289,14 +311,16 @@ def aot_targets(
     model's dtype, and the merge kernel.
 
     Given a `capability` (as `blendrt.ops.aot.available_targets` passes it; the tiles do not
-    depend on it), the split kernels over int8 and fp8_e4m3 caches follow. NOTE: without one
-    the list stays the unquantized pair, which tests/ops/triton/test_decode_attention.py's
-    AOT check counts (two kernels per configuration)."""
+    depend on it), the split kernels over int8 and fp8_e4m3 caches follow, then the
+    soft-capped (SOFTCAP) split kernel over each cache. NOTE: without one the list stays the
+    unquantized, uncapped pair, which tests/ops/triton/test_decode_attention.py's AOT check
+    counts (two kernels per configuration). The window is a runtime int: no variant."""
     ty = TL_TYPES[dtype]
     pointers = {
         "q_ptr": f"*{ty}", "k_ptr": f"*{ty}", "v_ptr": f"*{ty}", "out_ptr": f"*{ty}",
         "block_tables_ptr": "*i32", "context_lens_ptr": "*i32",
         "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "scale_log2": "fp32",
+        "softcap_log2": "fp32",
     }  # fmt: skip
     cfg = _config(head_dim, group, dtype)
     split_consts, split_opts = cfg["split"]
@@ -304,15 +328,18 @@ def aot_targets(
     # No scales: the launcher passes None for them and their strides.
     unquantized = dict(split_consts, KV_DTYPE="auto") | dict.fromkeys(SCALE_ARGS)
     kernels = [
-        (_decode_split_kernel, unquantized, pointers, split_opts),
+        (_decode_split_kernel, unquantized | {"SOFTCAP": False}, pointers, split_opts),
         (_decode_merge_kernel, merge_consts, pointers, merge_opts),
     ]
-    for kv_dtype in KV_POINTERS if capability is not None else ():
-        # stride_sh = 1: the pool's scale views keep a token's heads contiguous.
-        consts = dict(split_consts, KV_DTYPE=kv_dtype, stride_sh=1)
-        ptrs = pointers | dict.fromkeys(("k_ptr", "v_ptr"), KV_POINTERS[kv_dtype])
-        ptrs |= dict.fromkeys(("k_scale_ptr", "v_scale_ptr"), "*fp16")
-        kernels.append((_decode_split_kernel, consts, ptrs, split_opts))
+    variants = [(kv, cap) for cap in (False, True) for kv in ("auto", *KV_POINTERS)][1:]
+    for kv_dtype, softcap in variants if capability is not None else ():
+        if kv_dtype == "auto":
+            consts, ptrs = unquantized, pointers
+        else:  # stride_sh = 1: the pool's scale views keep a token's heads contiguous.
+            consts = dict(split_consts, KV_DTYPE=kv_dtype, stride_sh=1)
+            ptrs = pointers | dict.fromkeys(("k_ptr", "v_ptr"), KV_POINTERS[kv_dtype])
+            ptrs |= dict.fromkeys(("k_scale_ptr", "v_scale_ptr"), "*fp16")
+        kernels.append((_decode_split_kernel, consts | {"SOFTCAP": softcap}, ptrs, split_opts))
     targets = []
     for fn, constexprs, ptrs, options in kernels:
         signature = {

@@ -12,6 +12,12 @@ With a quantized cache (k_scale/v_scale given: int8 or fp8_e4m3 values, a float1
 (token, head) row, blendrt/ops/kv_quant.py) each K/V tile is loaded as bytes, decoded and
 multiplied by its rows' scales in registers (`dequantize_rows`), then cast to q's dtype for
 the same dots: the tiles, and the bytes read per key, are what change; never a separate pass.
+
+A sliding window (window > 0: position p sees keys p - window < j <= p) starts each program's
+key loop at the first key any of its rows can see, so pages before it are skipped, never
+named (their table entries may be -1: released). Tiles where the window's lower edge crosses
+the program's rows are masked like the diagonal ones; those between load unmasked.
+Soft-capped scores (SOFTCAP, blendrt/ops/triton/softcap.py) pass through tanh first.
 """
 
 from __future__ import annotations
@@ -23,14 +29,13 @@ import triton
 import triton.language as tl
 
 from blendrt.ops.triton.dtypes import TL_TYPES
+from blendrt.ops.triton.softcap import softcap_factors, tanh
 from blendrt.ops.triton.store_kv import (
     KV_POINTERS,
     SCALE_ARGS,
     dequantize_rows,
     quantized_cache_args,
 )
-
-LOG2E = 1.4426950408889634
 
 
 def extend_config(
@@ -76,14 +81,16 @@ def extend_config(
 def _tile(
     q, acc, m_i, l_i,  # [BLOCK_M, BLOCK_D] q and fp32 acc, [BLOCK_M] fp32 max and sum
     k_cache_ptr, v_cache_ptr, page, page_off, n,  # [BLOCK_N] page id, offset, position
-    kv_head_off, stride_cp, stride_ct, kv_end, pos, scale_log2e,
+    kv_head_off, stride_cp, stride_ct, kv_end, pos, span, scale_log2e, softcap_log2e,
     k_scale_ptr, v_scale_ptr, scale_head_off, stride_sp, stride_st,  # quantized caches only
     D: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-    KV_DTYPE: tl.constexpr,
+    KV_DTYPE: tl.constexpr, SOFTCAP: tl.constexpr,
 ):  # fmt: skip
-    """Online softmax over one BLOCK_N tile of keys. CAUSAL tiles mask keys past each row's
-    position and past kv_end; the others are visible to every row and load unmasked.
-    Quantized K/V (KV_DTYPE "int8", "fp8_e4m3") are dequantized to q's dtype on load."""
+    """Online softmax over one BLOCK_N tile of keys. CAUSAL (masked) tiles mask keys past
+    each row's position, at or before its position - span (the window) and past kv_end; the
+    others are visible to every row and load unmasked. Quantized K/V (KV_DTYPE "int8",
+    "fp8_e4m3") are dequantized to q's dtype on load. SOFTCAP: scores are
+    tanh(q.k * scale_log2e) * softcap_log2e (log2 units)."""
     dims = tl.arange(0, BLOCK_D)
     rows = page.to(tl.int64) * stride_cp + page_off * stride_ct + kv_head_off  # [BLOCK_N]
     ptrs = rows[:, None] + dims[None, :]  # [BLOCK_N, BLOCK_D]
@@ -100,8 +107,15 @@ def _tile(
             k = dequantize_rows(k, k_s, KV_DTYPE).to(q.dtype)
             v = dequantize_rows(v, v_s, KV_DTYPE).to(q.dtype)
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2e
-        visible = (n[None, :] <= pos[:, None]) & valid[None, :]
-        qk = tl.where(visible, qk, float("-inf"))  # [BLOCK_M, BLOCK_N]
+        if SOFTCAP:
+            qk = tanh(qk) * softcap_log2e
+        # Visible: pos - span < n <= pos, as one unsigned compare of pos - n against span.
+        # NOTE: keys at or past kv_end lie past every row's position (pos < kv_end).
+        visible = (pos[:, None] - n[None, :]).to(tl.uint32) < span.to(tl.uint32)
+        # NOTE: masked scores are -1e30, not -inf: a row that saw no key yet (a window's
+        # edge) then sums garbage with p = 1, finite, which the first key it does see wipes
+        # out (alpha = exp2(-1e30 - m) = 0); and no exp2 of -inf - -inf.
+        qk = tl.where(visible, qk, -1.0e30)  # [BLOCK_M, BLOCK_N]
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.math.exp2(qk - m_new[:, None])
     else:
@@ -115,9 +129,13 @@ def _tile(
             k = dequantize_rows(k, tl.load(k_scale_ptr + scale_rows), KV_DTYPE).to(q.dtype)
             v = dequantize_rows(v, tl.load(v_scale_ptr + scale_rows), KV_DTYPE).to(q.dtype)
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * scale_log2e)
-        p = tl.math.exp2(qk * scale_log2e - m_new[:, None])  # one FFMA per score
-    # NOTE: every row sees key 0 in its first tile, so m_new is finite from then on.
+        if SOFTCAP:
+            qk = tanh(qk * scale_log2e) * softcap_log2e
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            p = tl.math.exp2(qk - m_new[:, None])
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * scale_log2e)
+            p = tl.math.exp2(qk * scale_log2e - m_new[:, None])  # one FFMA per score
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
@@ -150,7 +168,9 @@ def _extend_attention_kernel(
     block_tables_ptr,  # [B, W] int32, -1 padded
     cu_seqlens_q_ptr,  # [B + 1] int32
     context_lens_ptr,  # [B] int32
-    scale_log2e,  # fp32: softmax scale * log2(e)
+    scale_log2e,  # fp32: softmax scale * log2(e), or scale / softcap with SOFTCAP
+    softcap_log2e,  # fp32: softcap * log2(e) with SOFTCAP
+    window,  # int: > 0, position p sees keys p - window < j <= p
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_cp, stride_ct, stride_ch,  # cache page / token / head strides (elements)
     stride_sp, stride_st, stride_sh,  # scale page / token / head strides, or None
@@ -160,6 +180,7 @@ def _extend_attention_kernel(
     HEAD_CHUNKS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     KV_DTYPE: tl.constexpr,  # "auto" (the cache holds q's dtype), "int8" or "fp8_e4m3"
+    SOFTCAP: tl.constexpr,  # scores -> softcap * tanh(scores / softcap)
 ):  # fmt: skip
     # Longest-running (last) query blocks of causal prefill start first.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -193,30 +214,51 @@ def _extend_attention_kernel(
     table_ptr = block_tables_ptr + b.to(tl.int64) * stride_bt
     kv_head_off = kv_head.to(tl.int64) * stride_ch
     scale_head_off = kv_head.to(tl.int64) * stride_sh if KV_DTYPE != "auto" else 0
-    # Keys [0, full_end) are visible to every row; [full_end, kv_end) straddle the diagonal.
+    # Row positions run [prefix + tok0, kv_end); a row at p sees keys (p - span, p].
     kv_end = prefix + tl.minimum(tok0 + TOKENS_M, q_len)
-    full_end = (prefix + tok0 + 1) // BLOCK_N * BLOCK_N
+    span = tl.where(window > 0, window, context_len)
+    # NOTE: tiles start at kv_start, the first key any row sees: table entries before its
+    # page may be -1 (released) and are never loaded. On that grid of tiles, [kv_start,
+    # band_end) holds the window's lower edge for some rows (masked), [band_end, full_end)
+    # is visible to every row (unmasked), [max(band_end, full_end), kv_end) straddles the
+    # diagonal (masked). Without a window kv_start = band_end = 0.
+    kv_start = tl.maximum(prefix + tok0 - span + 1, 0)
+    band_end = kv_start + tl.cdiv(tl.maximum(kv_end - span - kv_start, 0), BLOCK_N) * BLOCK_N
+    full_end = kv_start + (prefix + tok0 + 1 - kv_start) // BLOCK_N * BLOCK_N
     step_pages = BLOCK_N // tokens_per_page
     step_off = BLOCK_N % tokens_per_page
-    n = tl.arange(0, BLOCK_N)  # [BLOCK_N] key positions of the tile
+    n = kv_start + tl.arange(0, BLOCK_N)  # [BLOCK_N] key positions of the tile
     page_idx = n // tokens_per_page
     page_off = n % tokens_per_page
     page = tl.load(table_ptr + page_idx, mask=n < kv_end, other=0)
-    for _ in range(0, full_end, BLOCK_N):
+    for _ in range(kv_start, band_end, BLOCK_N):
         acc, m_i, l_i = _tile(
             q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, page, page_off, n, kv_head_off,
-            stride_cp, stride_ct, kv_end, pos, scale_log2e, k_scale_ptr, v_scale_ptr,
-            scale_head_off, stride_sp, stride_st, D, BLOCK_D, False, PRECISION, KV_DTYPE,
+            stride_cp, stride_ct, kv_end, pos, span, scale_log2e, softcap_log2e, k_scale_ptr,
+            v_scale_ptr, scale_head_off, stride_sp, stride_st, D, BLOCK_D, True, PRECISION,
+            KV_DTYPE, SOFTCAP,
         )  # fmt: skip
         n, page_idx, page_off, page = _next_tile(
             table_ptr, n, page_idx, page_off, kv_end, tokens_per_page, step_pages, step_off,
             BLOCK_N,
         )  # fmt: skip
-    for _ in range(full_end, kv_end, BLOCK_N):
+    for _ in range(band_end, full_end, BLOCK_N):
         acc, m_i, l_i = _tile(
             q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, page, page_off, n, kv_head_off,
-            stride_cp, stride_ct, kv_end, pos, scale_log2e, k_scale_ptr, v_scale_ptr,
-            scale_head_off, stride_sp, stride_st, D, BLOCK_D, True, PRECISION, KV_DTYPE,
+            stride_cp, stride_ct, kv_end, pos, span, scale_log2e, softcap_log2e, k_scale_ptr,
+            v_scale_ptr, scale_head_off, stride_sp, stride_st, D, BLOCK_D, False, PRECISION,
+            KV_DTYPE, SOFTCAP,
+        )  # fmt: skip
+        n, page_idx, page_off, page = _next_tile(
+            table_ptr, n, page_idx, page_off, kv_end, tokens_per_page, step_pages, step_off,
+            BLOCK_N,
+        )  # fmt: skip
+    for _ in range(tl.maximum(band_end, full_end), kv_end, BLOCK_N):
+        acc, m_i, l_i = _tile(
+            q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, page, page_off, n, kv_head_off,
+            stride_cp, stride_ct, kv_end, pos, span, scale_log2e, softcap_log2e, k_scale_ptr,
+            v_scale_ptr, scale_head_off, stride_sp, stride_st, D, BLOCK_D, True, PRECISION,
+            KV_DTYPE, SOFTCAP,
         )  # fmt: skip
         n, page_idx, page_off, page = _next_tile(
             table_ptr, n, page_idx, page_off, kv_end, tokens_per_page, step_pages, step_off,
@@ -254,10 +296,16 @@ def extend_attention(
     max_query_len: int,
     k_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16
     v_scale: torch.Tensor | None = None,  # [num_pages, tokens_per_page, H_kv] float16
+    window: int = 0,  # > 0: position p sees keys p - window < j <= p
+    softcap: float = 0.0,  # > 0: scores s -> softcap * tanh(s / softcap)
 ) -> torch.Tensor:  # [T, H_q, D]
-    """Causal attention of each sequence's new queries over its whole paged context. With
-    k_scale/v_scale the caches are int8 or float8_e4m3fn (blendrt/ops/kv_quant.py), read
-    dequantized to q's dtype."""
+    """Causal attention of each sequence's new queries over its paged context (its last
+    `window` positions with a window; soft-capped with `softcap`). With k_scale/v_scale the
+    caches are int8 or float8_e4m3fn (blendrt/ops/kv_quant.py), read dequantized to q's
+    dtype."""
+    if window < 0:
+        raise ValueError(f"window must be >= 0, got {window}")
+    score_factor, softcap_log2e = softcap_factors(scale, softcap)
     if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
         raise ValueError(f"bad shapes: q {tuple(q.shape)}, caches {tuple(k_cache.shape)}")
     num_tokens, num_heads, head_dim = q.shape
@@ -290,14 +338,15 @@ def extend_attention(
     scale_strides = (None, None, None) if k_scale is None else k_scale.stride()
     _extend_attention_kernel[grid](
         q, out, k_cache, v_cache, k_scale, v_scale, block_tables, cu_seqlens_q.to(torch.int32),
-        context_lens.to(torch.int32), scale * LOG2E,
+        context_lens.to(torch.int32), score_factor, softcap_log2e, window,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), *scale_strides,
         block_tables.stride(0), k_cache.shape[1],
         GROUP=group, HEADS=cfg["HEADS"], TOKENS_M=cfg["TOKENS_M"],
         HEAD_CHUNKS=cfg["HEAD_CHUNKS"], D=head_dim, BLOCK_M=cfg["BLOCK_M"],
         BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], PRECISION=_precision(q.dtype),
-        KV_DTYPE=kv_dtype, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        KV_DTYPE=kv_dtype, SOFTCAP=softcap > 0, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )  # fmt: skip
     return out
 
@@ -306,9 +355,10 @@ def aot_targets(
     head_dim: int, group: int, dtype: torch.dtype, *, capability: int = 90
 ) -> list[dict]:
     """The kernels extend_attention launches at this configuration (ahead-of-time compiles):
-    over a cache of the model's dtype, then over int8 and fp8_e4m3 caches."""
+    over a cache of the model's dtype, then over int8 and fp8_e4m3 caches; then the same
+    three soft-capped (SOFTCAP). The window is a runtime int: no variant."""
     ints = [
-        "stride_qt", "stride_qh", "stride_ot", "stride_oh", "stride_cp", "stride_ct",
+        "window", "stride_qt", "stride_qh", "stride_ot", "stride_oh", "stride_cp", "stride_ct",
         "stride_ch", "stride_sp", "stride_st", "stride_sh", "stride_bt", "tokens_per_page",
     ]  # fmt: skip
     # NOTE: strides are multiples of D (and of 16) elements; a scale page is page_bytes / 2.
@@ -317,9 +367,10 @@ def aot_targets(
     tiles = ("HEADS", "TOKENS_M", "HEAD_CHUNKS", "BLOCK_M", "BLOCK_N", "BLOCK_D")
     ptr = "*" + TL_TYPES[dtype]
     targets = []
-    for kv_dtype in ("auto", *KV_POINTERS):
+    for softcap, kv_dtype in [(s, kv) for s in (False, True) for kv in ("auto", *KV_POINTERS)]:
         cfg = extend_config(head_dim, group, dtype, capability, quantized=kv_dtype != "auto")
         consts = dict(GROUP=group, D=head_dim, PRECISION=_precision(dtype), KV_DTYPE=kv_dtype)
+        consts |= dict(SOFTCAP=softcap)
         consts |= {k: cfg[k] for k in tiles}
         cache = ptr if kv_dtype == "auto" else KV_POINTERS[kv_dtype]
         signature = dict.fromkeys(("q_ptr", "o_ptr"), ptr)
@@ -332,7 +383,8 @@ def aot_targets(
         signature |= dict.fromkeys(
             ("block_tables_ptr", "cu_seqlens_q_ptr", "context_lens_ptr"), "*i32"
         )
-        signature |= {"scale_log2e": "fp32"} | dict.fromkeys(ints, "i32")
+        signature |= dict.fromkeys(("scale_log2e", "softcap_log2e"), "fp32")
+        signature |= dict.fromkeys(ints, "i32")
         signature |= dict.fromkeys(consts, "constexpr")
         targets.append(
             dict(
