@@ -1,6 +1,8 @@
 """Compiles every attention kernel at the configurations the engine launches, and the
 quantized matmul kernels at representative Llama-7B shapes, for sm_90 and sm_80, without a
-GPU, and prints registers, shared memory and spills per kernel.
+GPU, and prints registers, shared memory and spills per kernel. Attention kernels are listed
+per variant: the KV cache's element type and soft-capped scores are constexprs (a compile
+each); a sliding window is a runtime argument of every one of them.
 
 Exits 1 if any kernel spills (local-memory stack, STL/LDL in its SASS) or needs more shared
 memory than the target offers per block.
@@ -78,15 +80,16 @@ def attention(args: argparse.Namespace) -> tuple[int, int]:
     print(f"{len(configs)} configurations; compiling on {args.jobs} processes", flush=True)
     results = aot.compile_configs(configs, args.jobs)
 
-    header = ("kernel", "head_dim", "group", "dtype", *USAGE)
-    print(_row(header))
+    print(_row(("kernel", f"{'variant':<31}", "head_dim", "group", "dtype", *USAGE)))
     failures = 0
     for (head_dim, group, dtype, _), r in sorted(
-        results, key=lambda x: (x[1].kernel, -x[0][3], str(x[0][2]), x[0][0], x[0][1])
+        results,
+        key=lambda x: (x[1].kernel, x[1].variant, -x[0][3], str(x[0][2]), x[0][0], x[0][1]),
     ):
         bad, cells = _usage(r)
         failures += bad
-        print(_row((r.kernel, head_dim, group, NAMES[dtype], *cells)) + "  <-- FAIL" * bad)
+        row = (r.kernel, f"{r.variant:<31}", head_dim, group, NAMES[dtype], *cells)
+        print(_row(row) + "  <-- FAIL" * bad)
     print(f"{failures} of {len(results)} kernels spill or exceed shared memory")
     return failures, len(results)
 

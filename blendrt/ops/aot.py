@@ -9,6 +9,10 @@ An aot_targets that also takes a `capability` keyword gets the target's (tiles p
 `compile_target` compiles one for a `GPUTarget` and reads the cubin's registers, shared
 memory and spills with the cuobjdump shipped in the triton wheel.
 
+The attention kernels list one target per compiled variant: the KV cache's element type
+(KV_DTYPE) and soft-capped scores (SOFTCAP) are constexprs, each its own compile; a sliding
+window is a runtime int, in every one of them. `KernelResources.variant` names the variant.
+
 The quantized matmul kernels form a second family (`compile_configs(..., family=
 "quant_matmul")`), configured by (K, N, tokens, scheme name, dtype, capability): their
 module's `aot_targets(k, n, tokens, scheme, dtype, capability=...)` follows the same dict
@@ -72,10 +76,20 @@ class KernelResources:
     spill_stores: int  # STL instructions in the SASS
     spill_loads: int  # LDL instructions in the SASS
     compile_s: float
+    variant: str = ""  # the VARIANT_KEYS constexprs, e.g. "KV_DTYPE=int8 SOFTCAP=True"
 
     @property
     def spills(self) -> bool:
         return self.spill_stores > 0 or self.spill_loads > 0 or self.stack_bytes > 0
+
+
+#: Constexprs that tell a kernel's compiled variants apart (in reports).
+VARIANT_KEYS = ("KV_DTYPE", "SOFTCAP")
+
+
+def variant_of(target: dict) -> str:
+    consts = target["constexprs"]
+    return " ".join(f"{k}={consts[k]}" for k in VARIANT_KEYS if k in consts)
 
 
 def available_targets(
@@ -163,6 +177,7 @@ def compile_target(target: dict, capability: int) -> KernelResources:
         spill_stores=len(re.findall(r"\bSTL(\.\w+)*\b", sass)),
         spill_loads=len(re.findall(r"\bLDL(\.\w+)*\b", sass)),
         compile_s=elapsed,
+        variant=variant_of(target),
     )
 
 

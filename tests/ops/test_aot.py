@@ -1,7 +1,8 @@
 """Ahead-of-time compiles of the attention and quantized matmul kernels for sm_90 and sm_80
-(no GPU needed): a representative subset of what the engine launches, with no register
-spills and shared memory within each target's limit. benchmarks/kernel_resources.py checks
-every config."""
+(no GPU needed): a representative subset of what the engine launches, every variant of the
+attention kernels (KV cache type, soft-capped scores; the sliding window is a runtime
+argument of all), with no register spills and shared memory within each target's limit.
+benchmarks/kernel_resources.py checks every config."""
 
 from __future__ import annotations
 
@@ -49,8 +50,16 @@ def quant_compiled() -> list[tuple[aot.QuantConfig, aot.KernelResources]]:
 
 def test_every_kernel_compiles(compiled) -> None:
     kernels = {r.kernel for _, r in compiled}
-    assert {"_store_kv_kernel", "_extend_attention_kernel"} <= kernels
+    assert {"_store_kv_kernel", "_extend_attention_kernel", "_decode_split_kernel"} <= kernels
     assert {r.capability for _, r in compiled} == {80, 90}
+    for kernel in ("_extend_attention_kernel", "_decode_split_kernel"):
+        variants = {(r.variant, r.capability) for _, r in compiled if r.kernel == kernel}
+        assert variants == {
+            (f"KV_DTYPE={kv} SOFTCAP={softcap}", capability)
+            for kv in ("auto", "int8", "fp8_e4m3")
+            for softcap in (False, True)
+            for capability in (80, 90)
+        }
 
 
 def test_every_quant_matmul_kernel_compiles(quant_compiled) -> None:
