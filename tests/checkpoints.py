@@ -93,6 +93,18 @@ def save_tiny_tokenizer(folder: Path) -> None:
     fast.save_pretrained(folder)
 
 
+def randomize(model: torch.nn.Module) -> torch.nn.Module:
+    """Weights drawn with a large std (norm scales near 1), so that attention patterns and
+    every term of the forward pass move the logits."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name or "ln" in name:
+                param.copy_(1.0 + 0.2 * torch.randn_like(param))
+            else:
+                param.copy_(torch.randn_like(param) * 0.3)
+    return model
+
+
 def make_checkpoint(folder: Path, kind: str, seed: int = 0, **overrides: object) -> object:
     """Writes a random model to `folder` (safetensors + tokenizer); returns the HF model."""
     torch.manual_seed(seed)
@@ -102,13 +114,7 @@ def make_checkpoint(folder: Path, kind: str, seed: int = 0, **overrides: object)
         "MistralConfig": "MistralForCausalLM",
         "GPTJConfig": "GPTJForCausalLM",
     }[kind]
-    model = getattr(transformers, arch)(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name or "ln_" in name:
-                param.copy_(1.0 + 0.2 * torch.randn_like(param))
-            else:
-                param.copy_(torch.randn_like(param) * 0.3)
+    model = randomize(getattr(transformers, arch)(config).eval())
     model.save_pretrained(folder, safe_serialization=True)
     save_tiny_tokenizer(folder)
     return model

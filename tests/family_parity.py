@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from checkpoints import VOCAB, save_tiny_tokenizer
+from checkpoints import VOCAB, randomize, save_tiny_tokenizer
 from scoring import score
 
 from blendrt import load_model
@@ -37,13 +37,7 @@ def make_family_checkpoint(
     torch.manual_seed(seed)
     base = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2)
     hf_config = getattr(transformers, config_class)(**(base | config))
-    model = getattr(transformers, model_class)(hf_config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name or "ln" in name:
-                param.copy_(1.0 + 0.2 * torch.randn_like(param))
-            else:
-                param.copy_(torch.randn_like(param) * 0.3)
+    model = randomize(getattr(transformers, model_class)(hf_config).eval())
     model.save_pretrained(folder, safe_serialization=True)
     save_tiny_tokenizer(folder)
     return model

@@ -23,7 +23,7 @@ from blendrt.models.layers import (
     ACTIVATION_FNS,
     ForwardContext,
     PagedAttention,
-    RotaryEmbedding,
+    RotaryDecoder,
 )
 from blendrt.models.layouts import Transform
 from blendrt.models.weights import WeightMap
@@ -58,7 +58,7 @@ class GPTNeoXLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class GPTNeoXModel(nn.Module):
+class GPTNeoXModel(RotaryDecoder):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -70,12 +70,6 @@ class GPTNeoXModel(nn.Module):
             self.lm_head.weight = self.embed_in.weight
         self.build_rotary()
 
-    def build_rotary(self) -> None:
-        self.rotary = RotaryEmbedding(self.config.rope, self.config.max_position_embeddings)
-
-    def ensure_positions(self, num_positions: int) -> None:
-        self.rotary.ensure(num_positions)
-
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """input_ids: [T] -> final hidden states [T, hidden]."""
         x = self.embed_in(input_ids)
@@ -83,9 +77,6 @@ class GPTNeoXModel(nn.Module):
         for layer in self.layers:
             x = layer(x, rope, ctx)
         return self.final_layer_norm(x)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
 
     def weight_map(self) -> WeightMap:
         """{HF checkpoint name: parameter}; query_key_value's rows regrouped per kind."""

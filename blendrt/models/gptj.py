@@ -12,7 +12,12 @@ import torch
 from torch import nn
 
 from blendrt.models.config import ModelConfig
-from blendrt.models.layers import ForwardContext, PagedAttention, RotaryEmbedding, gelu_new
+from blendrt.models.layers import (
+    ForwardContext,
+    PagedAttention,
+    RotaryDecoder,
+    gelu_new,
+)
 from blendrt.models.weights import WeightMap
 from blendrt.ops.rope import RopeTables
 
@@ -30,7 +35,7 @@ class GPTJBlock(nn.Module):
         return x + self.attn(h, rope, ctx) + self.fc_out(gelu_new(self.fc_in(h)))
 
 
-class GPTJModel(nn.Module):
+class GPTJModel(RotaryDecoder):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -40,12 +45,6 @@ class GPTJModel(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
         self.build_rotary()
 
-    def build_rotary(self) -> None:
-        self.rotary = RotaryEmbedding(self.config.rope, self.config.max_position_embeddings)
-
-    def ensure_positions(self, num_positions: int) -> None:
-        self.rotary.ensure(num_positions)
-
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """input_ids: [T] -> final hidden states [T, hidden]."""
         x = self.wte(input_ids)
@@ -53,9 +52,6 @@ class GPTJModel(nn.Module):
         for layer in self.layers:
             x = layer(x, rope, ctx)
         return self.ln_f(x)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
 
     def weight_map(self) -> WeightMap:
         """{HF checkpoint name: (parameter, row offset)}; q/k/v are fused."""

@@ -85,6 +85,23 @@ class RotaryEmbedding(nn.Module):
         return RopeTables(positions, self.cos, self.sin, self.interleaved)
 
 
+class RotaryDecoder(nn.Module):
+    """What the rotary member models share beyond their layers: tables built on the device
+    at load (not weights) and grown as positions are used, and logits from `lm_head`.
+    Subclasses set `config`, `lm_head` and call `build_rotary()` in __init__."""
+
+    config: ModelConfig
+
+    def build_rotary(self) -> None:
+        self.rotary = RotaryEmbedding(self.config.rope, self.config.max_position_embeddings)
+
+    def ensure_positions(self, num_positions: int) -> None:
+        self.rotary.ensure(num_positions)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+
 class PagedAttention(nn.Module):
     """Fused QKV projection, optional per-head q/k RMSNorm (Qwen3, Gemma 3), rotary
     embedding, paged attention through the backend (with the layer's sliding window and

@@ -19,7 +19,7 @@ from blendrt.models.layers import (
     ForwardContext,
     PagedAttention,
     RMSNorm,
-    RotaryEmbedding,
+    RotaryDecoder,
     act_and_mul,
 )
 from blendrt.models.weights import WeightMap
@@ -65,7 +65,7 @@ class LlamaBlock(nn.Module):
         return self.mlp(h), residual
 
 
-class LlamaModel(nn.Module):
+class LlamaModel(RotaryDecoder):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -77,12 +77,6 @@ class LlamaModel(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.build_rotary()
 
-    def build_rotary(self) -> None:
-        self.rotary = RotaryEmbedding(self.config.rope, self.config.max_position_embeddings)
-
-    def ensure_positions(self, num_positions: int) -> None:
-        self.rotary.ensure(num_positions)
-
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """input_ids: [T] -> final hidden states [T, hidden]."""
         x, residual = self.embed_tokens(input_ids), None
@@ -90,9 +84,6 @@ class LlamaModel(nn.Module):
         for layer in self.layers:
             x, residual = layer(x, residual, rope, ctx)
         return self.norm(x, residual)[0]
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
 
     def weight_map(self) -> WeightMap:
         """{HF checkpoint name: (parameter, row offset)}, and the rows of each linear layer
