@@ -47,7 +47,9 @@ INTERPRETER_SM_COUNT = 4  # off CUDA (the Triton interpreter), keeps grids small
 MERGE_BLOCK_S = 32  # splits merged per step of stage 2
 
 
-@triton.jit
+# NOTE: the window is never specialized (1 would become a constexpr): the compile the JIT
+# makes is the one aot_targets lists, whatever the window.
+@triton.jit(do_not_specialize=["window"])
 def _decode_split_kernel(
     q_ptr,  # [B, H_q, D]
     k_ptr,  # [num_pages, tokens_per_page, H_kv, D], last dim contiguous

@@ -157,7 +157,9 @@ def _next_tile(table_ptr, n, page_idx, page_off, kv_end, tokens_per_page, step_p
     return n, page_idx, page_off, page
 
 
-@triton.jit
+# NOTE: the window is never specialized (1 would become a constexpr): the compile the JIT
+# makes is the one aot_targets lists, whatever the window.
+@triton.jit(do_not_specialize=["window"])
 def _extend_attention_kernel(
     q_ptr,  # [T, H_q, D]
     o_ptr,  # [T, H_q, D]
