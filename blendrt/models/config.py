@@ -20,6 +20,25 @@ ARCHITECTURES = {
     "GPTNeoXForCausalLM": "gpt_neox",
     "GPT2LMHeadModel": "gpt2",
 }
+#: {HF sequence classifier (reward model): the causal LM of the same decoder}. A classifier
+#: is its causal LM's decoder and weights with `score` (hidden -> num_labels, no bias) in
+#: place of lm_head; blendrt builds it as that causal LM (ModelConfig.architecture names it)
+#: with num_labels > 0 (blendrt/models/score_head.py swaps the head).
+SEQUENCE_CLASSIFIERS = {
+    "LlamaForSequenceClassification": "LlamaForCausalLM",
+    "MistralForSequenceClassification": "MistralForCausalLM",
+    "Qwen2ForSequenceClassification": "Qwen2ForCausalLM",
+    "Qwen3ForSequenceClassification": "Qwen3ForCausalLM",
+    "Phi3ForSequenceClassification": "Phi3ForCausalLM",
+    "Gemma2ForSequenceClassification": "Gemma2ForCausalLM",
+    "Gemma3TextForSequenceClassification": "Gemma3ForCausalLM",
+    "GPTJForSequenceClassification": "GPTJForCausalLM",
+    "GPTNeoXForSequenceClassification": "GPTNeoXForCausalLM",
+    "GPT2ForSequenceClassification": "GPT2LMHeadModel",
+}
+#: {causal LM: its sequence classifier}
+CLASSIFIER_OF = {lm: classifier for classifier, lm in SEQUENCE_CLASSIFIERS.items()}
+ARCHITECTURES |= {c: ARCHITECTURES[lm] for c, lm in SEQUENCE_CLASSIFIERS.items()}
 #: {config.json model_type: HF architecture}, for configs that name no architecture
 MODEL_TYPES = {
     "llama": "LlamaForCausalLM",
@@ -53,6 +72,17 @@ LIMITS = {
     "intermediate_size": 1 << 20,
     "max_position_embeddings": 1 << 24,
 }
+#: The most labels a classifier's score head may have (its rows are allocated like any size).
+MAX_LABELS = 4096
+
+
+def supported_architectures() -> str:
+    """The supported architectures, for messages: the causal LMs, then the classifiers."""
+    return (
+        ", ".join(sorted(a for a in ARCHITECTURES if a not in SEQUENCE_CLASSIFIERS))
+        + "; as scorers (num_labels > 0): "
+        + ", ".join(sorted(SEQUENCE_CLASSIFIERS))
+    )
 
 
 @dataclass(frozen=True)
@@ -61,7 +91,10 @@ class ModelConfig:
 
     Fields past `rope` default to Llama's choices; each family's parser sets what differs."""
 
-    architecture: str  # a key of ARCHITECTURES
+    #: A key of ARCHITECTURES: the causal LM whose decoder is built. A sequence classifier's
+    #: name is normalized to its causal LM's (SEQUENCE_CLASSIFIERS: same decoder, same
+    #: weights, same family switches); num_labels > 0 then marks the score head.
+    architecture: str
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -86,6 +119,10 @@ class ModelConfig:
     parallel_residual: bool = False  # x + attn(ln(x)) + mlp(ln'(x)) (GPT-J, GPT-NeoX)
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None  # a classifier scores the last token that is not this
+    #: 0: a causal LM (logits over the vocabulary); > 0: a sequence classifier (reward
+    #: model) whose head `score` gives that many scores per token, read at the last non-pad
+    num_labels: int = 0
     family: str = field(init=False)  # a value of ARCHITECTURES: picks the model class
     softmax_scale: float = field(init=False)
     #: Tokens back from a query that any layer can still see (0: unbounded). Pages wholly
@@ -96,8 +133,17 @@ class ModelConfig:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(
                 f"unsupported architecture {self.architecture!r}; supported: "
-                + ", ".join(sorted(ARCHITECTURES))
+                + supported_architectures()
             )
+        labels = self.num_labels
+        if type(labels) is not int or not 0 <= labels <= MAX_LABELS:
+            raise ValueError(f"num_labels must be an int in [0, {MAX_LABELS}], got {labels!r}")
+        if self.architecture in SEQUENCE_CLASSIFIERS:
+            if labels == 0:
+                raise ValueError(
+                    f"{self.architecture} is a sequence classifier: num_labels must be > 0"
+                )
+            object.__setattr__(self, "architecture", SEQUENCE_CLASSIFIERS[self.architecture])
         for name, high in LIMITS.items():
             value = getattr(self, name)
             if type(value) is not int or not 1 <= value <= high:
@@ -118,6 +164,11 @@ class ModelConfig:
                 raise ValueError(
                     f"bos/eos token ids must be ints in [0, {self.vocab_size}), got {t!r}"
                 )
+        pad = self.pad_token_id
+        if pad is not None and (type(pad) is not int or not 0 <= pad < self.vocab_size):
+            raise ValueError(
+                f"the pad token id must be an int in [0, {self.vocab_size}), got {pad!r}"
+            )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of "
@@ -153,6 +204,16 @@ class ModelConfig:
         for w in self.layer_windows:
             if type(w) is not int or not 0 <= w <= LIMITS["max_position_embeddings"]:
                 raise ValueError(f"a sliding window must be an int >= 0, got {w!r}")
+
+    @property
+    def is_classifier(self) -> bool:
+        """A sequence classifier (reward model): compute_logits gives num_labels scores."""
+        return self.num_labels > 0
+
+    @property
+    def hf_architecture(self) -> str:
+        """The architecture as config.json names it (a classifier's, when num_labels > 0)."""
+        return CLASSIFIER_OF[self.architecture] if self.num_labels else self.architecture
 
     def window(self, layer_idx: int) -> int:
         """The layer's sliding window in tokens (0: it sees the whole sequence)."""

@@ -7,6 +7,7 @@ into `rope_parameters`, and Gemma 3 keys them by layer type).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -15,9 +16,12 @@ from blendrt.models.config import (
     ACTIVATIONS,
     ARCHITECTURES,
     LIMITS,
+    MAX_LABELS,
     MODEL_TYPES,
+    SEQUENCE_CLASSIFIERS,
     ModelConfig,
     serving_window,
+    supported_architectures,
 )
 from blendrt.models.rope import RopeConfig, rope_from_hf
 
@@ -30,10 +34,40 @@ def parse_hf_config(hf: Hf, *, max_model_len: int | None = None) -> ModelConfig:
     if max_model_len is not None and (not isinstance(max_model_len, int) or max_model_len < 1):
         raise ValueError(f"max_model_len must be a positive int, got {max_model_len!r}")
     arch = _architecture(hf)
+    lm = SEQUENCE_CLASSIFIERS.get(arch, arch)  # a classifier: its causal LM's decoder
     eos = hf.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
-    common = dict(architecture=arch, bos_token_id=hf.get("bos_token_id"), eos_token_ids=eos_ids)
-    return PARSERS[ARCHITECTURES[arch]](hf, common, max_model_len)
+    common = dict(architecture=lm, bos_token_id=hf.get("bos_token_id"), eos_token_ids=eos_ids)
+    config = PARSERS[ARCHITECTURES[lm]](hf, common, max_model_len)
+    pad = hf.get("pad_token_id")
+    if arch not in SEQUENCE_CLASSIFIERS:
+        # A causal LM never reads it: one out of range (some configs say -1) is dropped.
+        if type(pad) is not int or not 0 <= pad < config.vocab_size:
+            return config
+        return dataclasses.replace(config, pad_token_id=pad)
+    # A classifier: it scores the last non-pad token, so its pad id is checked like bos/eos.
+    # transformers' score head never soft-caps (Gemma 2's final_logit_softcapping is unused).
+    return dataclasses.replace(
+        config, num_labels=_num_labels(hf), pad_token_id=pad, final_logit_softcap=0.0
+    )
+
+
+def _num_labels(hf: Hf) -> int:
+    """A classifier's labels as transformers counts them: id2label's entries (config.json
+    stores that map, not num_labels), else num_labels, else 2."""
+    id2label = hf.get("id2label")
+    if id2label is not None:
+        if not isinstance(id2label, dict) or not 1 <= len(id2label) <= MAX_LABELS:
+            raise ValueError(
+                f"config.json: id2label must map 1 to {MAX_LABELS} labels, got {id2label!r:.80}"
+            )
+        return len(id2label)
+    labels = hf.get("num_labels", 2)
+    if type(labels) is not int or not 1 <= labels <= MAX_LABELS:
+        raise ValueError(
+            f"config.json: num_labels must be an int in [1, {MAX_LABELS}], got {labels!r}"
+        )
+    return labels
 
 
 def _architecture(hf: Hf) -> str:
@@ -44,9 +78,7 @@ def _architecture(hf: Hf) -> str:
     if not archs and hf.get("model_type") in MODEL_TYPES:
         return MODEL_TYPES[hf["model_type"]]
     found = ", ".join(map(str, archs)) or f"model_type={hf.get('model_type')!r}"
-    raise ValueError(
-        f"unsupported architecture ({found}); supported: " + ", ".join(sorted(ARCHITECTURES))
-    )
+    raise ValueError(f"unsupported architecture ({found}); supported: " + supported_architectures())
 
 
 # ---- field readers -----------------------------------------------------------------------

@@ -21,6 +21,7 @@ from blendrt.models.loader import (
     read_generation_defaults,
     resolve_dtype,
 )
+from blendrt.models.score_head import scoring_length
 from blendrt.ops.quant import QuantScheme
 from blendrt.ops.quant_linear import quantized_linears
 from blendrt.ops.registry import get_backend
@@ -46,6 +47,21 @@ class LoadedModel:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.backend = get_backend(attention_backend, self.device)
+
+    @property
+    def is_classifier(self) -> bool:
+        """A sequence classifier (reward model): the runner's logits are its num_labels
+        scores, read at the last non-pad token (blendrt.models.score_head.scoring_length)."""
+        return self.config.num_labels > 0
+
+    @property
+    def num_labels(self) -> int:
+        """The classifier's scores per sequence (0: a causal LM)."""
+        return self.config.num_labels
+
+    def scoring_length(self, token_ids: list[int] | np.ndarray) -> int:
+        """How many of token_ids a classifier feeds: through its last non-pad token."""
+        return scoring_length(token_ids, self.config.pad_token_id)
 
     @property
     def quantization(self) -> QuantScheme | None:
@@ -92,7 +108,7 @@ class LoadedModel:
     def __repr__(self) -> str:
         c = self.config
         return (
-            f"LoadedModel({self.path.name}: {c.architecture}, {c.num_layers} layers, "
+            f"LoadedModel({self.path.name}: {c.hf_architecture}, {c.num_layers} layers, "
             f"{self.dtype}, {self.device})"
         )
 

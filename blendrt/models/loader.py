@@ -18,6 +18,7 @@ from blendrt.models.gptj import GPTJModel
 from blendrt.models.hf_config import parse_hf_config
 from blendrt.models.llama import LlamaModel
 from blendrt.models.quantize import quantize_linears
+from blendrt.models.score_head import attach_score_head
 from blendrt.models.weights import (
     WeightMap,
     check_layer_count,
@@ -40,6 +41,18 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "gpt_neox": GPTNeoXModel,
     "gpt2": GPT2Model,
 }
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The family's model of `config` (on the current default device: meta to size it
+    without memory), with a score head in place of lm_head for a classifier (num_labels >
+    0; blendrt/models/score_head.py)."""
+    model = MODEL_CLASSES[config.family](config)
+    if config.num_labels > 0:
+        attach_score_head(model, config.num_labels)
+    return model
+
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -165,8 +178,8 @@ def load_weights(
     shapes = tensor_shapes(files)
     check_layer_count(shapes, config.num_layers)
     with torch.device("meta"):
-        model = MODEL_CLASSES[config.family](config)
-    if scheme is not None:
+        model = build_model(config)
+    if scheme is not None:  # decoder linears only: never lm_head, nor a score head
         quantize_linears(model, scheme, checkpoint)
 
     def weight_map() -> WeightMap:
