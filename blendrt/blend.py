@@ -9,9 +9,11 @@ the exact ids it generated so that its cache stays valid even for stateless call
 
 from __future__ import annotations
 
+import dataclasses
 import queue
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,8 +26,9 @@ from blendrt.engine.loop import EngineLoop, run_in_fresh_thread
 from blendrt.engine.request import RequestOutput
 from blendrt.engine.stats import engine_stats
 from blendrt.models.loaded import LoadedModel, load_model
-from blendrt.policy import MemberPolicy
+from blendrt.policy import ChoosesMember, MemberPolicy
 from blendrt.prepare import DEFAULT_MAX_TOKENS, TurnPreparer, TurnSettings
+from blendrt.reward import REWARD_MEMBER, RewardOptions, RewardRouter, RewardScorer
 from blendrt.sampling import SamplingParams
 from blendrt.tokenizer.chat_format import ChatFormat, Message
 from blendrt.tokenizer.formats import get_chat_format
@@ -47,8 +50,11 @@ class Blend:
         self,
         members: Sequence[Member],
         *,
-        policy: str = "uniform",
+        policy: str | ChoosesMember = "uniform",
         seed: int | None = None,
+        reward_model: str | Path | None = None,
+        best_of: int = 1,
+        reward_options: Mapping[str, Any] | None = None,
         config: EngineConfig | None = None,
         models: dict[str, LoadedModel] | None = None,
         generation_config: str = "auto",
@@ -60,40 +66,60 @@ class Blend:
         several blends over the same weights; they must not serve two blends at once.
         generation_config, default_max_tokens, truncation_chunk: see
         blendrt.prepare.TurnSettings. progress: loading bars on stderr (None: when stderr is
-        a terminal)."""
+        a terminal). policy: a name (blendrt.policy.POLICIES) or an object with
+        choose(conversation, members, rng). reward_model: a sequence-classification folder
+        (e.g. GPT2ForSequenceClassification) loaded beside the members in the same pool;
+        with it, best_of > 1 samples that many candidates per turn (one shared prefill) and
+        returns the best-scored (blendrt/reward.py; reward_options: RewardOptions)."""
         if not members:
             raise ValueError("a blend needs at least one member")
         names = [m.name for m in members]
         if len(set(names)) != len(names):
             raise ValueError(f"member names must be unique, got {names}")
+        if type(best_of) is not int or not 1 <= best_of <= 16:
+            raise ValueError(f"best_of must be an int in [1, 16], got {best_of!r}")
+        if reward_model is None and (reward_options or policy == "reward"):
+            raise ValueError("reward_options and policy='reward' need a reward_model")
+        self.best_of = best_of
+        self.reward_options = RewardOptions.from_mapping(reward_options)
         settings = TurnSettings(generation_config, default_max_tokens, truncation_chunk)
         self.config = config or EngineConfig()
         self.members = {m.name: m for m in members}
         self.policy = MemberPolicy(names, [m.weight for m in members], policy, seed)
         given = models or {}
 
+        def load_one(path: str | Path, quantization: str | None = None) -> LoadedModel:
+            return load_model(
+                path,
+                device=self.config.device,
+                dtype=self.config.dtype,
+                max_model_len=self.config.max_model_len,
+                attention_backend=self.config.attention_backend,
+                progress=progress,
+                quantization=quantization,
+            )
+
         def load() -> dict[str, LoadedModel]:
-            return {
-                m.name: given.get(m.name)
-                or load_model(
-                    m.path,
-                    device=self.config.device,
-                    dtype=self.config.dtype,
-                    max_model_len=self.config.max_model_len,
-                    attention_backend=self.config.attention_backend,
-                    progress=progress,
-                    quantization=m.quantization,
-                )
-                for m in members
+            loaded = {
+                m.name: given.get(m.name) or load_one(m.path, m.quantization) for m in members
             }
+            if reward_model is not None:
+                loaded[REWARD_MEMBER] = given.get(REWARD_MEMBER) or load_one(reward_model)
+            return loaded
 
         models = run_in_fresh_thread(load)  # not on the caller's thread: see its NOTE
+        scorer_model = models.get(REWARD_MEMBER)
+        if scorer_model is not None and not scorer_model.config.num_labels:
+            raise ValueError(f"reward_model {reward_model}: not a sequence classifier")
         self.formats: dict[str, ChatFormat] = {
             m.name: get_chat_format(
                 models[m.name].tokenizer, m.chat_format, member=m.name, **m.chat_options
             )
             for m in members
         }
+        for m in members:
+            if models[m.name].config.num_labels:
+                raise ValueError(f"member {m.name!r} is a classifier: pass it as reward_model")
         self.engine = run_in_fresh_thread(lambda: LLMEngine(models, self.config))
         self._loop = EngineLoop(self.engine)
         self._inboxes = Inboxes()  # {event loop: its Inbox}: outputs to async streams
@@ -106,6 +132,14 @@ class Blend:
             self.memory,
             settings,
         )
+        self.scorer: RewardScorer | None = None
+        if scorer_model is not None:
+            config = scorer_model.config
+            self.scorer = RewardScorer(
+                scorer_model.tokenizer, config.num_labels, config.pad_token_id,
+                lambda ids: self._loop.classify(REWARD_MEMBER, ids), self.reward_options,
+            )  # fmt: skip
+            self.policy.reward_router = RewardRouter(self.scorer, self._probe)
 
     # ---- turns ---------------------------------------------------------------------------
 
@@ -119,7 +153,57 @@ class Blend:
     ) -> PreparedTurn:
         """Chooses the member and renders the prompt, fitted to its window (see
         `blendrt.prepare.TurnPreparer.prepare`)."""
-        return self.turns.prepare(messages, member=member, sampling=sampling, truncation=truncation)
+        turn = self.turns.prepare(messages, member=member, sampling=sampling, truncation=truncation)
+        params = turn.sampling
+        if self.best_of > 1 and params.best_of is None:  # the blend's default best-of-N
+            params = dataclasses.replace(params, best_of=max(self.best_of, params.n))
+        rank = self.scorer is not None and params.num_candidates > params.n
+        return dataclasses.replace(
+            turn, sampling=params, rank_by_reward=rank, conversation=tuple(messages)
+        )
+
+    def rank(self, turn: PreparedTurn, reply: Reply) -> Reply:
+        """The reply's candidates scored by the reward model, best first: the reply is the
+        best one, `candidates` holds all of them with their scores (a no-op for a turn not
+        ranked by reward)."""
+        if not turn.rank_by_reward or self.scorer is None:
+            return reply
+        scores = self.scorer.score(turn.conversation, [c.text for c in reply.candidates])
+        scored = [
+            dataclasses.replace(c, score=s) for c, s in zip(reply.candidates, scores, strict=True)
+        ]
+        ranked = sorted(scored, key=lambda c: -c.score)
+        best = ranked[0]
+        return dataclasses.replace(
+            reply, text=best.text, token_ids=best.token_ids, finish_reason=best.finish_reason,
+            candidates=tuple(ranked),
+        )  # fmt: skip
+
+    def _probe(self, members: Sequence[str], conversation: Sequence, seed: int) -> list[str]:
+        """A short reply of each member to the conversation, run together (the reward
+        policy's probes)."""
+        sampling = {"max_tokens": self.reward_options.probe_tokens, "seed": seed, "n": 1}
+        turns = [self.turns.prepare(conversation, member=m, sampling=sampling) for m in members]
+        return [reply.text for reply in self._run_all(turns)]
+
+    def _run_all(self, turns: Sequence[PreparedTurn]) -> list[Reply]:
+        sinks: list[queue.SimpleQueue[RequestOutput]] = [queue.SimpleQueue() for _ in turns]
+        ids = [
+            self._loop.submit(t.member, t.prompt_ids, t.sampling, sink.put)
+            for t, sink in zip(turns, sinks, strict=True)
+        ]
+        try:
+            replies = []
+            for turn, sink in zip(turns, sinks, strict=True):
+                collector = TurnCollector(turn, self.memory)
+                while collector.reply is None:
+                    collector.add(sink.get())
+                replies.append(collector.reply)
+            return replies
+        except BaseException:
+            for rid in ids:
+                self._loop.abort(rid)
+            raise
 
     def prepare_prompt(
         self, member: str, prompt_ids: Sequence[int], sampling: SamplingSpec = None
@@ -148,17 +232,9 @@ class Blend:
         return self.run(turn)
 
     def run(self, turn: PreparedTurn) -> Reply:
-        """Runs a prepared turn to its Reply (blocking). Thread-safe."""
-        outputs: queue.SimpleQueue[RequestOutput] = queue.SimpleQueue()
-        collector = TurnCollector(turn, self.memory)
-        request_id = self._loop.submit(turn.member, turn.prompt_ids, turn.sampling, outputs.put)
-        try:
-            while collector.reply is None:
-                collector.add(outputs.get())
-            return collector.reply
-        except BaseException:
-            self._loop.abort(request_id)
-            raise
+        """Runs a prepared turn to its Reply (blocking; reward-ranked when the turn is).
+        Thread-safe."""
+        return self.rank(turn, self._run_all([turn])[0])
 
     def submit(self, turn: PreparedTurn, sink: Callable[[RequestOutput], None]) -> Future:
         """Low-level: queues a prepared turn; `sink` gets every RequestOutput on the engine
@@ -178,10 +254,12 @@ class Blend:
         truncation: str = "auto",
     ) -> BlendStream:
         """An async iterator of text deltas; `.member` names the writer at once and `.reply`
-        holds the Reply when done. Closing or cancelling it frees the request's pages."""
-        return self.stream_turn(
-            self.prepare(messages, member=member, sampling=sampling, truncation=truncation)
-        )
+        holds the Reply when done. Closing or cancelling it frees the request's pages. A turn
+        ranked by the reward model cannot stream (its best reply is known at the end)."""
+        turn = self.prepare(messages, member=member, sampling=sampling, truncation=truncation)
+        if turn.rank_by_reward:
+            raise ValueError("best_of with a reward model cannot stream: use chat()")
+        return self.stream_turn(turn)
 
     def stream_turn(self, turn: PreparedTurn) -> BlendStream:
         """A prepared turn as a BlendStream (see `stream`)."""

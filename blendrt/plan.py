@@ -31,7 +31,7 @@ import torch
 
 from blendrt.cache.pool import KVGeometry
 from blendrt.models.config import ModelConfig
-from blendrt.models.loader import MODEL_CLASSES, checkpoint_quantization, read_config
+from blendrt.models.loader import build_model, checkpoint_quantization, read_config
 from blendrt.models.quantize import quantize_linears
 from blendrt.models.weights import check_layer_count, safetensors_files, tensor_shapes
 from blendrt.ops.quant import QuantScheme
@@ -90,7 +90,7 @@ def read_member(name: str, folder: str | Path) -> MemberShapes:
     config = read_config(folder)
     checkpoint = checkpoint_quantization(folder)  # GPTQ / AWQ, validated as the loader does
     with torch.device("meta"):
-        model = MODEL_CLASSES[config.family](config)
+        model = build_model(config)
     pieces = model.weight_map().linears.items()
     linears = tuple((prefix, p.rows, p.module.in_features) for prefix, p in pieces)
     quantized = {id(p.module.weight) for _, p in pieces}

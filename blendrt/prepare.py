@@ -83,7 +83,7 @@ class TurnPreparer:
             if member not in self.members:
                 raise ValueError(f"unknown member {member!r}; members: {', '.join(self.members)}")
             return self._prepare_for(member, messages, sampling, truncation)
-        chosen = self.policy.choose()
+        chosen = self.policy.choose(conversation=messages)
         try:
             return self._prepare_for(chosen, messages, sampling, truncation)
         except ContextLengthError as e:
@@ -99,7 +99,7 @@ class TurnPreparer:
                 f"{refused} (no member's window fits this turn; windows: {windows})",
                 param=refused.param,
             )
-        return fitting[self.policy.choose(fitting)]
+        return fitting[self.policy.choose(fitting, conversation=messages)]
 
     def _prepare_for(
         self, member: str, messages: Sequence[Message], sampling: SamplingSpec, truncation: str

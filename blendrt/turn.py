@@ -70,6 +70,7 @@ class Candidate:
     finish_reason: str
     cumulative_logprob: float  # of every generated token, under the raw model
     logprobs: tuple[TokenLogprob, ...] = ()  # per generated token, when asked for
+    score: float | None = None  # the reward model's, when the blend ranks by one
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,8 @@ class Reply:
     usage: Usage
     time_to_first_token: float  # seconds
     total_time: float  # seconds
-    # Every candidate returned (n of them; with best_of, the n most likely), best first
-    # for best_of; `text` is candidates[0]'s.
+    # Every candidate returned (n of them; with best_of, the n most likely; with a reward
+    # model, all best_of of them, best-scored first); `text` is candidates[0]'s.
     candidates: tuple[Candidate, ...] = ()
 
 
@@ -94,6 +95,10 @@ class PreparedTurn:
     num_truncated_messages: int = 0
     num_truncated_tokens: int = 0
     chat: bool = True  # a chat reply (its leading spaces belong to the format) or raw text
+    # Candidates ranked by the blend's reward model (all are collected, then scored against
+    # this conversation), not by their log-probability.
+    rank_by_reward: bool = False
+    conversation: tuple[Mapping[str, Any], ...] = ()
 
 
 class ReplyMemory:
@@ -168,9 +173,13 @@ class TurnCollector:
                 )
             )
         generated = sum(f.num_output_tokens for f in self._finals if f is not None)
-        if turn.sampling.best_of and turn.sampling.best_of > turn.sampling.n:
+        if turn.rank_by_reward:
+            pass  # every candidate kept for the reward model (Blend.rank cuts to n)
+        elif turn.sampling.best_of and turn.sampling.best_of > turn.sampling.n:
             candidates.sort(key=lambda c: -c.cumulative_logprob)
-        candidates = candidates[: turn.sampling.n]
+            candidates = candidates[: turn.sampling.n]
+        else:
+            candidates = candidates[: turn.sampling.n]
         for c in candidates:
             self.memory.remember(turn.member, c.text, c.token_ids)
         first = next(f for f in self._finals if f is not None)

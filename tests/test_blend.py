@@ -97,13 +97,14 @@ def test_ten_turns_prefill_only_what_each_member_has_not_cached(member_folders, 
 
 
 def test_uniform_policy_is_seeded_and_covers_members(member_folders) -> None:
+    conversations = [[{"role": "user", "content": f"hi {i}"}] for i in range(60)]
     with make_blend(member_folders) as blend:
-        chosen = [blend.prepare([{"role": "user", "content": "hi"}]).member for _ in range(60)]
+        chosen = [blend.prepare(c).member for c in conversations]
+        # the draw is seeded by the conversation: a retried turn gets the same member
+        assert {blend.prepare(conversations[0]).member for _ in range(10)} == {chosen[0]}
     assert set(chosen) == set(FORMATS)
     with make_blend(member_folders) as again:
-        assert [
-            again.prepare([{"role": "user", "content": "hi"}]).member for _ in range(60)
-        ] == chosen
+        assert [again.prepare(c).member for c in conversations] == chosen
 
 
 def test_cancelling_a_stream_frees_its_pages(member_folders) -> None:

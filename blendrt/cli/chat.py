@@ -61,13 +61,20 @@ async def stream_turn(
     sampling: dict[str, Any],
     truncation: str,
 ) -> dict:
-    stream = blend.stream(messages, member=member, sampling=sampling, truncation=truncation)
-    print(f"{stream.member}> ", end="", flush=True)
-    async with stream:
-        async for delta in stream:
-            print(delta, end="", flush=True)
-    print()
-    reply = stream.reply
+    turn = blend.prepare(messages, member=member, sampling=sampling, truncation=truncation)
+    if turn.rank_by_reward:  # best-of-N: the best reply is known once all are scored
+        reply = await asyncio.to_thread(blend.run, turn)
+        print(f"{reply.member}> {reply.text}")
+        scores = ", ".join(f"{c.score:.3f}" for c in reply.candidates)
+        print(f"  [best of {turn.sampling.num_candidates}; reward {scores}]", file=sys.stderr)
+    else:
+        stream = blend.stream_turn(turn)
+        print(f"{stream.member}> ", end="", flush=True)
+        async with stream:
+            async for delta in stream:
+                print(delta, end="", flush=True)
+        print()
+        reply = stream.reply
     assert reply is not None
     u = reply.usage
     dropped = (

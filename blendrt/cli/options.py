@@ -87,6 +87,20 @@ def add_blend_args(parser: argparse.ArgumentParser) -> None:
     )
     members.add_argument("--seed", type=int, default=None, help="seeds the member choice")
     members.add_argument(
+        "--reward-model",
+        default=None,
+        metavar="PATH",
+        help="a sequence-classification folder (e.g. GPT2ForSequenceClassification) that "
+        "scores candidate replies; the demo blend uses its bundled one with --best-of",
+    )
+    members.add_argument(
+        "--best-of",
+        type=int,
+        default=1,
+        help="candidates sampled per turn from one shared prefill; the reward model's "
+        "best is shown (without one: the most likely, as vLLM's best_of)",
+    )
+    members.add_argument(
         "--generation-config",
         choices=("auto", "none"),
         default="auto",
@@ -238,26 +252,34 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 def build_blend(args: argparse.Namespace, members: Sequence[Member]) -> Blend:
     """The Blend the flags describe (the demo blend when no member is given); prints the
     members and the pool to stderr."""
+    demo = not members
     members = configure_members(args, members)
     policy = args.policy or ("weighted" if args.weight else "uniform")
     if args.weight and policy != "weighted":
         raise ValueError(f"--weight needs --policy weighted (got --policy {policy})")
+    reward_model = args.reward_model
+    if reward_model is None and demo and (args.best_of > 1 or policy == "reward"):
+        from blendrt.demo import DEMO_REWARD_DIR
+
+        reward_model = DEMO_REWARD_DIR  # the demo blend's own reward model
     blend = Blend(
         members,
         policy=policy,
         seed=args.seed,
+        reward_model=reward_model,
+        best_of=args.best_of,
         config=engine_config(args),
         generation_config=args.generation_config,
         default_max_tokens=args.default_max_tokens,
     )
     for name, model in blend.engine.models.items():
+        role = f"weight {blend.members[name].weight:g}" if name in blend.members else "scorer"
         params = sum(p.numel() for p in model.model.parameters())
         params += sum(q.in_features * q.out_features for q in quantized_linears(model.model))
         print(
             f"{name}: {model.path} ({model.config.architecture}, {params / 1e6:.1f}M "
             f"parameters, {model.dtype}{model.weight_format}, "
-            f"window {blend.engine.max_model_len(name)}, "
-            f"weight {blend.members[name].weight:g})",
+            f"window {blend.engine.max_model_len(name)}, {role})",
             file=sys.stderr,
         )
     stats = blend.stats()

@@ -120,6 +120,8 @@ class LLMEngine:
         raises ValueError if it could never run. Returns its first candidate, whose id is
         the request's."""
         ids = self._check(member, prompt_token_ids, sampling.max_tokens)
+        if self.models[member].config.num_labels:
+            raise ValueError(f"member {member!r} is a classifier: it scores, it does not reply")
         vocab = self.models[member].config.vocab_size
         named = [*sampling.stop_token_ids, *(t for t, _ in sampling.logit_bias)]
         if any(t >= vocab for t in named):
@@ -145,6 +147,20 @@ class LLMEngine:
         request = Request(next(self._ids), member, ids, SamplingParams(max_tokens=1), score=True)
         self.tracker.add([request], self.models[member].tokenizer)
         self.scheduler.add(request)
+        return request
+
+    def add_classify_request(self, member: str, token_ids: list[int]) -> Request:
+        """Queues a classifier member's scoring of token_ids: its output carries the float32
+        scores [num_labels] at the last token (the caller drops trailing pads first). The
+        prompt's pages are cached like any request's, so a repeated prefix is reused."""
+        ids = self._check(member, token_ids, 0)
+        if not self.models[member].config.num_labels:
+            raise ValueError(f"member {member!r} is not a classifier (no score head)")
+        request = Request(next(self._ids), member, ids, SamplingParams(max_tokens=1))
+        request.classify = True
+        self.tracker.add([request], self.models[member].tokenizer)
+        self.scheduler.add(request)
+        self.counters.prompt_tokens_received += len(ids)
         return request
 
     def abort_request(self, request_id: int, error: str | None = None) -> list[RequestOutput]:
@@ -231,8 +247,13 @@ class LLMEngine:
             rid: ps for rid, ps in sampled.items() if self.requests[rid].group_id not in failed
         }
         tokens = {rid: [p.token_id for p in ps] for rid, ps in sampled.items()}
+        classified = [
+            (r, logits[i])
+            for i, (r, n) in enumerate(zip(batch.requests, batch.num_new_tokens, strict=True))
+            if r.classify and r.num_computed_tokens + n == r.num_tokens
+        ]
         forks = self.scheduler.update(batch, tokens)
-        outputs = []
+        outputs = [self.tracker.finish(r, "stop", scores=row) for r, row in classified]
         for group_id, e in failed.items():
             outputs += self.tracker.abort(group_id, f"sampling failed: {type(e).__name__}: {e}")
         member = batch.member

@@ -121,6 +121,39 @@ class EngineLoop:
             raise RuntimeError(out.error or "scoring was aborted")
         return out.prompt_logprobs
 
+    def classify(self, member: str, token_ids: list[list[int]]) -> list[torch.Tensor]:
+        """A classifier member's float32 scores [num_labels] for each token sequence, queued
+        together so they run in one batch (blocking; ValueError for bad input)."""
+        outputs: queue.SimpleQueue[RequestOutput] = queue.SimpleQueue()
+
+        def add(engine: LLMEngine) -> list[int]:
+            ids = []
+            try:
+                for seq in token_ids:
+                    request = engine.add_classify_request(member, seq)
+                    self._sinks[request.request_id] = outputs.put
+                    ids.append(request.request_id)
+            except BaseException:
+                for rid in ids:
+                    engine.abort_request(rid)
+                    self._sinks.pop(rid, None)
+                raise
+            return ids
+
+        request_ids = self._wait(self.call_soon(add))
+        scores: dict[int, torch.Tensor] = {}
+        try:
+            while len(scores) < len(request_ids):
+                out = outputs.get()
+                if out.error or out.scores is None:
+                    raise RuntimeError(out.error or "classification was aborted")
+                scores[out.request_id] = out.scores
+        except BaseException:
+            for rid in request_ids:
+                self.abort(rid)
+            raise
+        return [scores[rid] for rid in request_ids]
+
     def abort(self, request_id: int) -> None:
         """Cancels a request (no-op if finished); its pages are freed before this returns."""
         if not self._closed.is_set():

@@ -37,6 +37,7 @@ class Request:
     # Candidates to fork from this one once its prompt is computed (first candidate only).
     pending_forks: list[Request] = field(default_factory=list, repr=False)
     score: bool = False  # score the prompt (log-probabilities at every token), sample nothing
+    classify: bool = False  # a classifier member's scores at the last token, sample nothing
     # A scoring request's log-softmax rows so far: {first position: [n, V]} (recomputed
     # chunks after a preemption overwrite theirs).
     score_rows: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -104,6 +105,7 @@ class RequestOutput:
     logprobs: tuple[TokenLogprob, ...] = ()  # of new_token_ids, when asked for
     cumulative_logprob: float = 0.0
     prompt_logprobs: torch.Tensor | None = None  # a scoring request's [N, V] log-softmax
+    scores: torch.Tensor | None = None  # a classify request's [num_labels] float32 scores
 
     @property
     def finished(self) -> bool:

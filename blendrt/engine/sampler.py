@@ -66,6 +66,8 @@ def sample_isolated(
     logits: torch.Tensor, targets: list[Target], eos_ids: Sequence[int]
 ) -> list[TokenLogprob | Exception]:
     """As sample_targets; a target whose sampling raises gets its exception instead."""
+    if not targets:  # a batch with nothing to sample (classify requests)
+        return []
     try:
         return list(sample_targets(logits, targets, eos_ids))
     except Exception:

@@ -41,7 +41,7 @@ class ScheduledBatch:
         """Whether requests[i] reaches its last known token this step (and is sampled)."""
         request = self.requests[i]
         done = request.num_computed_tokens + self.num_new_tokens[i] == request.num_tokens
-        return done and not request.score
+        return done and not request.score and not request.classify
 
 
 @dataclass(frozen=True)

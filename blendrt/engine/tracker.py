@@ -82,6 +82,7 @@ class RequestTracker:
         logprobs: tuple[TokenLogprob, ...] = (),
         error: str | None = None,
         prompt_logprobs: torch.Tensor | None = None,
+        scores: torch.Tensor | None = None,
     ) -> RequestOutput:
         request.finish_reason = reason
         self.scheduler.finish(request)
@@ -106,6 +107,7 @@ class RequestTracker:
             done=done,
             error=error,
             prompt_logprobs=prompt_logprobs,
+            scores=scores,
         )
 
     @staticmethod
@@ -120,6 +122,7 @@ class RequestTracker:
         done: bool = False,
         error: str | None = None,
         prompt_logprobs: torch.Tensor | None = None,
+        scores: torch.Tensor | None = None,
     ) -> RequestOutput:
         return RequestOutput(
             request_id=request.group_id,
@@ -136,4 +139,5 @@ class RequestTracker:
             logprobs=logprobs,
             cumulative_logprob=request.cumulative_logprob,
             prompt_logprobs=prompt_logprobs,
+            scores=scores,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -107,6 +108,11 @@ def _prompt_logprobs(
 
 
 async def _respond(state: ServerState, request: Request, call: Call) -> Response:
+    if call.body.stream and any(t.rank_by_reward for t in call.turns):
+        raise APIError(
+            400, "this server ranks best_of candidates with a reward model, known only when "
+            "all are scored: stream with best_of 1, or do not stream", param="best_of",
+        )  # fmt: skip
     state.admit()
     streams = [state.blend.stream_turn(t) for t in call.turns]
     state.streams.update(streams)
@@ -119,6 +125,16 @@ async def _respond(state: ServerState, request: Request, call: Call) -> Response
         replies = await _collect(state, request, streams)
     finally:
         await close_streams(state, streams)
+    if any(t.rank_by_reward for t in call.turns):  # best_of: the reward model's top n
+        with bad_input():
+            ranked = [
+                await asyncio.to_thread(state.blend.rank, t, r)
+                for t, r in zip(call.turns, replies, strict=True)
+            ]
+        replies = [  # the top n
+            dataclasses.replace(r, candidates=r.candidates[: t.sampling.n])
+            for t, r in zip(call.turns, ranked, strict=True)
+        ]
     if state.shutdown_message and any(
         c.finish_reason == "abort" for r in replies for c in r.candidates
     ):

@@ -116,6 +116,7 @@ def chat_body(state: ServerState, call: Call, replies: list[Reply]) -> ChatCompl
             index=call.choice_index(t, j),
             message=AssistantMessage(content=c.text),
             finish_reason=finish_reason(c.finish_reason),
+            reward_score=c.score,
             logprobs=chat_logprobs(text, c.logprobs)
             if call.body.num_top_logprobs() is not None
             else None,

@@ -59,6 +59,11 @@ class ChatChoice(BaseModel):
     message: AssistantMessage
     finish_reason: FinishReason
     logprobs: ChatLogprobs | None = None
+    reward_score: float | None = Field(
+        default=None,
+        description="blendrt extension: the reward model's score of this candidate, when "
+        "the server ranks best_of candidates with one",
+    )
 
 
 class ChatCompletionResponse(BaseModel):

@@ -141,7 +141,8 @@ def test_weight_draws_members_by_weight(folders) -> None:
         assert blend.policy.policy == "weighted"
         assert {blend.prepare(HELLO).member for _ in range(30)} == {"jay"}
     with blend_of(folders, "--weight", "jay=3", "--seed", "1") as blend:  # lee keeps 1
-        drawn = [blend.prepare(HELLO).member for _ in range(400)]
+        # the draw is seeded per conversation: 400 different ones
+        drawn = [blend.prepare([{"role": "user", "content": f"hi {i}"}]).member for i in range(400)]
         assert 0.65 < drawn.count("jay") / 400 < 0.85
     with pytest.raises(ValueError, match="--weight needs --policy weighted"):
         blend_of(folders, "--weight", "jay=2", "--policy", "uniform")
