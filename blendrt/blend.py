@@ -184,9 +184,11 @@ class Blend:
         policy's probes)."""
         sampling = {"max_tokens": self.reward_options.probe_tokens, "seed": seed, "n": 1}
         turns = [self.turns.prepare(conversation, member=m, sampling=sampling) for m in members]
-        return [reply.text for reply in self._run_all(turns)]
+        return [reply.text for reply in self.run_many(turns)]
 
-    def _run_all(self, turns: Sequence[PreparedTurn]) -> list[Reply]:
+    def run_many(self, turns: Sequence[PreparedTurn]) -> list[Reply]:
+        """Runs prepared turns together (blocking; not reward-ranked): their requests are
+        queued at once, so they share engine steps. Thread-safe."""
         sinks: list[queue.SimpleQueue[RequestOutput]] = [queue.SimpleQueue() for _ in turns]
         ids = [
             self._loop.submit(t.member, t.prompt_ids, t.sampling, sink.put)
@@ -234,7 +236,7 @@ class Blend:
     def run(self, turn: PreparedTurn) -> Reply:
         """Runs a prepared turn to its Reply (blocking; reward-ranked when the turn is).
         Thread-safe."""
-        return self.rank(turn, self._run_all([turn])[0])
+        return self.rank(turn, self.run_many([turn])[0])
 
     def submit(self, turn: PreparedTurn, sink: Callable[[RequestOutput], None]) -> Future:
         """Low-level: queues a prepared turn; `sink` gets every RequestOutput on the engine
