@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 DEMO_DIR: Path = Path(__file__).resolve().parent
 MEMBERS_DIR: Path = DEMO_DIR / "members"
+DEMO_REWARD_DIR: Path = DEMO_DIR / "reward"
 
 
 def demo_members() -> list[dict[str, Any]]:

@@ -1,0 +1,496 @@
+"""Trains the demo reward model from scratch on CPU: a tiny `GPT2ForSequenceClassification`
+(label 1 = "good reply") that scores a candidate reply in its conversation, for reward-model
+best-of-N; about 40 s on 2 cores.
+
+    pip install chatterbot-corpus pyyaml transformers
+    python -m blendrt.demo.train_reward [--out DIR] [--seed N] [--steps N]
+
+The signal is Chai's: a reply that makes the user retry it or end the conversation is bad.
+The chatterbot-corpus dialogues give the good replies (the real next reply of a conversation
+prefix); the bad ones are built from them, one per good reply, on the same prefix:
+
+* ``off_topic``: a real reply taken from another dialogue, so fluent but beside the point;
+* ``short``: an empty or noncommittal reply ("", "ok", "idk", "..."), never a corpus reply;
+* ``echo``: the user's last message repeated back;
+* ``mangled``: the real reply with its words shuffled, its letters scrambled, a word looped,
+  or random letters.
+
+Input format (`REWARD_FORMAT`, `reward_text`): the conversation as text, one line per message,
+``User: {text}\\n`` or ``Bot: {text}\\n`` (whitespace inside a message collapsed to single
+spaces), the candidate reply as the last ``Bot:`` line; tokenized with no special tokens and
+truncated from the LEFT to `MAX_TOKENS` (256) tokens; the score is the model's output at the
+last token, label 1's probability softmax(logits)[1].
+
+The folder gets config.json, float16 model.safetensors, the byte-level BPE tokenizer
+(tokenizer.json, tokenizer_config.json with truncation_side "left" and model_max_length 256)
+and a README.md model card with the held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import string
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blendrt.demo import DEMO_DIR, MEMBERS_DIR
+from blendrt.demo.data import (
+    CORPUS_ATTRIBUTION,
+    CORPUS_LICENSE,
+    DEFAULT_SKIP,
+    Conversation,
+    load_conversations,
+)
+
+#: One line per message; the candidate reply is the last "Bot:" line.
+USER_LINE = "User: {text}\n"
+BOT_LINE = "Bot: {text}\n"
+REWARD_FORMAT = {"user": USER_LINE, "assistant": BOT_LINE}
+#: Inputs are truncated from the left (the oldest messages go first) to this many tokens.
+MAX_TOKENS = 256
+#: Kinds of bad replies, in the order the model card reports them.
+NEGATIVE_KINDS = ("off_topic", "short", "echo", "mangled")
+#: Noncommittal replies that end a conversation (none of them is a corpus reply).
+FILLERS = ("", ".", "?", "...", "ok", "k", "hm", "lol", "idk", "what", "sure", "Ok.", "mhm")
+#: Held-out dialogues: those whose first user message hashes to 0 mod this.
+HELD_OUT_MOD = 10
+#: Default model, training and data sizes.
+MODEL = dict(n_embd=96, n_layer=2, n_head=4)
+VOCAB = 1024
+STEPS, BATCH, LR, DROPOUT = 700, 32, 3e-3, 0.0
+#: A share HISTORY_P of the inputs follow 1..MAX_HISTORY other dialogues (a long, mixed
+#: history as in a blend); the others are one dialogue alone (short: fast to train on).
+HISTORY_P, MAX_HISTORY = 0.3, 3
+#: The loss: cross-entropy plus PAIR_WEIGHT x the pairwise (Bradley-Terry) loss of the
+#: reward logit(good) - logit(bad) of the real reply over the bad one.
+PAIR_WEIGHT = 1.0
+#: Token embeddings initialized from this demo member's (its tokenizer reused, its input
+#: embeddings reduced to n_embd dimensions by PCA): word meanings learnt by next-token
+#: prediction on the same corpus, which the reward model could not learn in seconds. None:
+#: a tokenizer of its own and a random init.
+EMBED_FROM: str | None = "ann"
+
+
+def reward_text(messages: Sequence[dict[str, Any]]) -> str:
+    """The scorer's input text of a conversation whose last message is the candidate reply:
+    ``User: ...\\n`` / ``Bot: ...\\n`` lines of the user and assistant messages (others are
+    left out), each message's whitespace collapsed. Truncating it to `MAX_TOKENS` from the
+    left is the tokenizer's job (its truncation_side is "left")."""
+    lines = []
+    for m in messages:
+        line = REWARD_FORMAT.get(m.get("role", ""))
+        if line is not None:
+            lines.append(line.format(text=" ".join(str(m.get("content") or "").split())))
+    return "".join(lines)
+
+
+def is_held_out(conv: Conversation) -> bool:
+    """The fixed held-out split (independent of --seed): by the first user message, so that
+    no held-out question was seen in training with another answer."""
+    return zlib.crc32(conv[0].lower().encode("utf-8")) % HELD_OUT_MOD == 0
+
+
+def mangle(rng: random.Random, reply: str) -> str:
+    words = reply.split()
+    how = rng.randrange(4)
+    if how == 0 and len(set(words)) >= 2:  # words shuffled
+        out = words[:]
+        while out == words:
+            rng.shuffle(out)
+        return " ".join(out)
+    if how == 1 and words:  # letters scrambled inside each word
+        return " ".join("".join(rng.sample(w, len(w))) for w in words)
+    if how == 2 and words:  # a word looped, as a degenerate sampler does
+        return " ".join([rng.choice(words)] * rng.randint(4, 12))
+    n = rng.randint(3, 10)  # random letters
+    return " ".join(
+        "".join(rng.choices(string.ascii_lowercase, k=rng.randint(1, 8))) for _ in range(n)
+    )
+
+
+def negative(
+    rng: random.Random, kind: str, prefix: Conversation, reply: str, others: Sequence[str]
+) -> str:
+    if kind == "off_topic":
+        while True:
+            other = rng.choice(others)
+            if other.lower() != reply.lower():
+                return other
+    if kind == "short":
+        return rng.choice(FILLERS)
+    if kind == "echo":
+        return prefix[-1]
+    return mangle(rng, reply)
+
+
+def examples(
+    rng: random.Random,
+    convs: Sequence[Conversation],
+    contexts: Sequence[Conversation],
+    every_kind: bool = False,
+) -> list[tuple[str, int, str]]:
+    """(text, label, kind) pairs: for every bot turn of every dialogue, the real reply (label
+    1, kind "real") and one bad reply (label 0, the kinds of NEGATIVE_KINDS in turn), on the
+    same prefix; a share HISTORY_P of the prefixes follow 1..MAX_HISTORY random dialogues of
+    `contexts`. every_kind: one pair per kind of bad reply (for evaluation)."""
+    replies = sorted({t for c in convs for t in c[1::2]})
+    out = []
+    n = rng.randrange(len(NEGATIVE_KINDS))
+    for conv in convs:
+        for i in range(1, len(conv), 2):
+            history: Conversation = []
+            k = rng.randint(1, MAX_HISTORY) if rng.random() < HISTORY_P else 0
+            for _ in range(k):
+                c = rng.choice(contexts)
+                history += c[: len(c) // 2 * 2]
+            prefix = history + conv[:i]
+            kinds = NEGATIVE_KINDS if every_kind else [NEGATIVE_KINDS[n % len(NEGATIVE_KINDS)]]
+            n += 1
+            for kind in kinds:
+                bad = negative(rng, kind, conv[:i], conv[i], replies)
+                for reply, label, k in ((conv[i], 1, "real"), (bad, 0, kind)):
+                    turns = [*prefix, reply]
+                    msgs = [
+                        {"role": ("user", "assistant")[j % 2], "content": t}
+                        for j, t in enumerate(turns)
+                    ]
+                    out.append((reward_text(msgs), label, k))
+    return out
+
+
+def train_tokenizer(folder: Path, convs: Sequence[Conversation]) -> Any:
+    """A GPT-2 style byte-level BPE tokenizer trained on the corpus in the reward format."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=["<|endoftext|>", "<|padding|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    lines = [
+        reward_text([{"role": r, "content": t}])
+        for c in convs
+        for r, t in zip(("user", "assistant") * len(c), c, strict=False)
+    ]
+    tok.train_from_iterator(lines, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|padding|>",
+        model_max_length=MAX_TOKENS,
+        truncation_side="left",
+    )
+    fast.save_pretrained(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # transformers 4 and 5 know this name
+    config["truncation_side"] = "left"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return fast
+
+
+def copy_tokenizer(folder: Path, member: str) -> Any:
+    """A demo member's byte-level BPE tokenizer, with left truncation to MAX_TOKENS."""
+    from transformers import PreTrainedTokenizerFast
+
+    src = MEMBERS_DIR / member
+    shutil.copy(src / "tokenizer.json", folder / "tokenizer.json")
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    config.update(model_max_length=MAX_TOKENS, truncation_side="left")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+def member_embeddings(member: str, dim: int) -> torch.Tensor:
+    """A member's input embeddings (vocab x its width), centred and reduced to their `dim`
+    principal components, scaled to GPT-2's init std (0.02) x 2."""
+    from safetensors.torch import load_file
+
+    w = load_file(MEMBERS_DIR / member / "model.safetensors")["transformer.wte.weight"].double()
+    w = w - w.mean(0)
+    u, sv, _ = torch.linalg.svd(w, full_matrices=False)
+    e = u[:, :dim] * sv[:dim]
+    return (e * (0.04 / e.std())).float()
+
+
+def encode(tok: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids, left-truncated to MAX_TOKENS (the tokenizer's truncation side), no special
+    tokens."""
+    enc = tok(list(texts), add_special_tokens=False, truncation=True, max_length=MAX_TOKENS)
+    return enc["input_ids"]
+
+
+def pad(batch: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids and attention_mask."""
+    width = max(len(ids) for ids in batch)
+    ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids in batch])
+    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in batch])
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@torch.no_grad()
+def good_probs(model: torch.nn.Module, ids: Sequence[list[int]], pad_id: int) -> list[float]:
+    """Label 1's probability of each input (batches of similar lengths)."""
+    model.eval()
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = [0.0] * len(ids)
+    for s in range(0, len(order), 128):
+        chunk = order[s : s + 128]
+        logits = model(**pad([ids[i] for i in chunk], pad_id)).logits.float()
+        for i, p in zip(chunk, logits.softmax(-1)[:, 1].tolist(), strict=True):
+            out[i] = p
+    return out
+
+
+def evaluate(
+    model: torch.nn.Module, tok: Any, data: list[tuple[str, int, str]]
+) -> dict[str, float]:
+    """Accuracy (threshold 0.5) overall and per kind, and the pairwise accuracy: how often the
+    real reply scores above the bad one on the same prefix."""
+    probs = good_probs(model, encode(tok, [t for t, _, _ in data]), tok.pad_token_id)
+    right = [(p > 0.5) == (label == 1) for p, (_, label, _) in zip(probs, data, strict=True)]
+    res = {"accuracy": sum(right) / len(right), "n": len(data)}
+    for kind in ("real", *NEGATIVE_KINDS):
+        r = [ok for ok, (_, _, k) in zip(right, data, strict=True) if k == kind]
+        res[f"accuracy_{kind}"] = sum(r) / max(1, len(r))
+    pairs = [(probs[i] > probs[i + 1], data[i + 1][2]) for i in range(0, len(data), 2)]
+    res["pairwise"] = sum(ok for ok, _ in pairs) / len(pairs)
+    for kind in NEGATIVE_KINDS:
+        p = [ok for ok, k in pairs if k == kind]
+        res[f"pairwise_{kind}"] = sum(p) / max(1, len(p))
+    return res
+
+
+def train(
+    model: torch.nn.Module,
+    tok: Any,
+    convs: Sequence[Conversation],
+    steps: int,
+    seed: int,
+) -> tuple[float, int]:
+    """AdamW with warmup and cosine decay; batches of BATCH // 2 (real, bad) pairs of similar
+    lengths. Every pass over the dialogues draws new histories and new bad replies. Returns
+    the final loss (EMA) and the number of inputs seen."""
+    rng = random.Random(seed)
+    pad_id, seen = tok.pad_token_id, 0
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.98), weight_decay=0.05)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min((s + 1) / warmup, 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / steps))),
+    )
+    model.train()
+    ema, start, batches = None, time.perf_counter(), []
+    for step in range(steps):
+        if not batches:
+            data = examples(rng, convs, convs)
+            ids = encode(tok, [t for t, _, _ in data])
+            labels = [label for _, label, _ in data]
+            pairs = list(range(0, len(ids), 2))
+            rng.shuffle(pairs)
+            pool = sorted(pairs, key=lambda i: len(ids[i]) + len(ids[i + 1]))
+            half = BATCH // 2
+            batches = [pool[i : i + half] for i in range(0, len(pool), half)]
+            rng.shuffle(batches)
+        chosen = [j for i in batches.pop() for j in (i, i + 1)]
+        seen += len(chosen)
+        logits = model(**pad([ids[j] for j in chosen], pad_id)).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([labels[j] for j in chosen]))
+        reward = logits[:, 1] - logits[:, 0]
+        pair = -torch.nn.functional.logsigmoid(reward[0::2] - reward[1::2]).mean()
+        loss = loss + PAIR_WEIGHT * pair
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            print(
+                f"  step {step:4d}/{steps} loss {loss.item():.3f} ema {ema:.3f} "
+                f"({time.perf_counter() - start:.0f}s)",
+                flush=True,
+            )
+    return float(ema), seen
+
+
+def model_card(info: dict[str, Any]) -> str:
+    ev = info["eval"]
+    kinds = "\n".join(
+        f"| {k} | {ev[f'accuracy_{k}']:.1%} | "
+        + (f"{ev[f'pairwise_{k}']:.1%} |" if k != "real" else "- |")
+        for k in ("real", *NEGATIVE_KINDS)
+    )
+    skipped = ", ".join(f"`{s}.yml`" for s in DEFAULT_SKIP)
+    example = reward_text(
+        [
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi! How are you?"},
+            {"role": "user", "content": "Tell me a joke"},
+            {"role": "assistant", "content": "What do you get when you cross a cow and a duck?"},
+        ]
+    )
+    example = "\n".join(f"    {line}" for line in example.splitlines())
+    if info["embed_from"]:
+        tokenizer = (
+            f"the byte-level BPE tokenizer of demo member `{info['embed_from']}` (`tokenizer.json`)"
+        )
+        init = (
+            f" token embeddings initialized from `{info['embed_from']}`'s input embeddings "
+            f"reduced to {info['model']['n_embd']} dimensions by PCA, the rest at random;"
+        )
+    else:
+        tokenizer, init = "its own GPT-2 style byte-level BPE tokenizer (`tokenizer.json`)", ""
+    return f"""# blendrt demo reward model
+
+A tiny `GPT2ForSequenceClassification` ({info["params"] / 1e6:.2f}M parameters, float16
+weights, 2 labels: 1 = "good reply", 0 = "bad reply") with {tokenizer} of {info["vocab"]}
+tokens, trained in seconds on the CPU to score a candidate chat reply in its conversation: the
+reward model of blendrt's best-of-N demo. A weak toy (see the held-out figures): it mostly
+tells a real reply from an empty or noncommittal one, often from an echoed or garbled one, and
+barely from an off-topic one.
+
+## Input format
+
+The conversation as text, one line per message (user and assistant messages only, each
+message's whitespace collapsed to single spaces), the candidate reply as the last `Bot:` line:
+
+{example}
+
+i.e. `User: {{text}}\\n` and `Bot: {{text}}\\n` (`blendrt.demo.train_reward.reward_text`),
+tokenized with no special tokens and truncated from the LEFT to {MAX_TOKENS} tokens (the
+tokenizer's `truncation_side` is "left", `model_max_length` {MAX_TOKENS}). The score is the
+output at the last token (batches are right-padded with `<|padding|>`, `pad_token_id`
+{info["pad_token_id"]}): label 1's probability, `softmax(logits)[1]`.
+
+## Training signal
+
+Chai's reward models learn from "retry" and "end of conversation": a reply that makes the
+user retry it or leave is bad. Here the good replies are the real next replies of the
+chatterbot-corpus dialogues, and each is paired (same conversation prefix) with one reply
+that would end the conversation, the kinds in turn:
+
+* `off_topic`: a real reply from another dialogue (fluent, beside the point);
+* `short`: an empty or noncommittal reply ({", ".join(repr(f) for f in FILLERS)});
+* `echo`: the user's last message repeated back;
+* `mangled`: the real reply with its words shuffled, its letters scrambled, one of its words
+  looped, or random letters.
+
+{HISTORY_P:.0%} of the prefixes follow 1-{MAX_HISTORY} random other dialogues, as in a long,
+mixed blend history.
+
+## Training
+
+`python -m blendrt.demo.train_reward --seed {info["seed"]}`: {info["steps"]} AdamW steps (lr
+{LR}, cosine schedule) of {BATCH} inputs ({BATCH // 2} real/bad pairs, new bad replies and
+histories every pass over the dialogues), loss cross-entropy + {PAIR_WEIGHT} x the pairwise
+loss -log sigmoid(r_real - r_bad) of the reward r = logit(good) - logit(bad);{init}
+{info["train_examples"]} training inputs; {info["seconds"]:.0f} s on 2 CPU cores. Final
+training loss (EMA) {info["train_loss"]:.3f}. Model config: `{json.dumps(info["model"])}`,
+{MAX_TOKENS} positions.
+
+## Held-out accuracy
+
+On {ev["n"]} inputs (half real replies, half bad) built from the dialogues whose first user
+message hashes to 0 mod {HELD_OUT_MOD} (`zlib.crc32`, fixed whatever the seed; none of their
+questions is trained on): accuracy {ev["accuracy"]:.1%} at a 0.5 threshold; the real reply
+scores above its bad one in {ev["pairwise"]:.1%} of pairs.
+
+| kind | accuracy | real reply scored higher |
+|---|---|---|
+{kinds}
+
+## Data and licence
+
+Trained on the English dialogues of {CORPUS_ATTRIBUTION} (`data/english/*.yml` but
+{skipped}, duplicates removed). The corpus licence:
+
+{CORPUS_LICENSE}"""
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEMO_DIR / "reward")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    convs = load_conversations()
+    train_convs = [c for c in convs if not is_held_out(c)]
+    test_convs = [c for c in convs if is_held_out(c)]
+    folder: Path = args.out
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    make_tokenizer = copy_tokenizer if EMBED_FROM else train_tokenizer
+    tok = make_tokenizer(folder, EMBED_FROM or train_convs)
+    # Held-out inputs: their own fixed rng, held-out dialogues only (contexts included).
+    test_data = examples(random.Random(12345), test_convs, test_convs, every_kind=True)
+    config = transformers.GPT2Config(
+        vocab_size=len(tok),
+        n_positions=MAX_TOKENS,
+        num_labels=2,
+        id2label={0: "bad", 1: "good"},
+        label2id={"bad": 0, "good": 1},
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        resid_pdrop=DROPOUT,
+        embd_pdrop=DROPOUT,
+        attn_pdrop=DROPOUT,
+        **MODEL,
+    )
+    model = transformers.GPT2ForSequenceClassification(config)
+    if EMBED_FROM:
+        with torch.no_grad():
+            model.transformer.wte.weight.copy_(member_embeddings(EMBED_FROM, MODEL["n_embd"]))
+    start = time.perf_counter()
+    train_loss, seen = train(model, tok, train_convs, args.steps, args.seed)
+    seconds = time.perf_counter() - start
+    model = model.to(torch.float16).float()  # what is saved is what is evaluated
+    ev = evaluate(model, tok, test_data)
+    model.to(torch.float16).save_pretrained(folder)
+    info = dict(
+        params=sum(p.numel() for p in model.parameters()),
+        vocab=len(tok),
+        pad_token_id=tok.pad_token_id,
+        seed=args.seed,
+        steps=args.steps,
+        seconds=seconds,
+        train_loss=train_loss,
+        train_examples=seen,
+        model=MODEL,
+        embed_from=EMBED_FROM,
+        eval=ev,
+    )
+    (folder / "README.md").write_text(model_card(info))
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    print(
+        f"reward: {info['params'] / 1e6:.2f}M params, {seconds:.0f}s, train loss "
+        f"{train_loss:.3f}; held-out accuracy {ev['accuracy']:.1%}, pairwise "
+        f"{ev['pairwise']:.1%}; {folder}: {size / 1e6:.2f} MB"
+    )
+    print("  " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items() if k != "n"))
+    return info
+
+
+if __name__ == "__main__":
+    main()
