@@ -1,7 +1,7 @@
 """What best-of-N with a reward model costs in the shared pool: best_of=4 (one prefill, four
 forked candidates, one scoring batch) against four separate requests for the same turn
-(submitted together, each prefilling the prompt, then scored the same way) and against
-best_of=1 (one reply, nothing scored).
+(submitted together, then scored the same way; with the prefix cache on, and off so each
+prefills the whole prompt) and against best_of=1 (one reply, nothing scored).
 
 Per scenario, on the bundled demo blend and its demo reward model (or --reward-model):
 wall time of the turn, prompt tokens the member computed, tokens the scorer computed, and
@@ -22,14 +22,20 @@ from blendrt import Blend, EngineConfig
 from blendrt.demo import demo_blend_members
 from blendrt.reward import REWARD_MEMBER
 
-HISTORY = [
-    {"role": "system", "content": "Ann is a cheerful baker who loves bread."},
-    {"role": "user", "content": "hello there, how are you today?"},
-    {"role": "assistant", "content": "I am great, thanks! I just baked some bread."},
-    {"role": "user", "content": "what kind of bread do you like to bake?"},
-    {"role": "assistant", "content": "Sourdough, mostly. It takes patience."},
-    {"role": "user", "content": "do you like music while you bake?"},
+EXCHANGES = [
+    ("hello there, how are you today?", "I am great, thanks! I just baked some bread."),
+    ("what kind of bread do you like to bake?", "Sourdough, mostly. It takes patience."),
+    ("how long does it take?", "A whole day, with the starter fed the night before."),
+    ("do you sell it?", "At the market on Saturdays, if it rises in time."),
+    ("what else do you bake?", "Cakes for birthdays and sometimes pretzels."),
+    ("which is the hardest?", "Croissants: the butter must stay cold."),
 ]
+#: A chat of some length (about 400-600 tokens per member): prefill matters.
+HISTORY = [{"role": "system", "content": "Ann is a cheerful baker who loves bread."}]
+for _ in range(2):
+    for user, bot in EXCHANGES:
+        HISTORY += [{"role": "user", "content": user}, {"role": "assistant", "content": bot}]
+HISTORY.append({"role": "user", "content": "do you like music while you bake?"})
 
 
 def one_turn(blend: Blend, scenario: str, member: str, max_tokens: int, seed: int) -> dict:
@@ -39,7 +45,7 @@ def one_turn(blend: Blend, scenario: str, member: str, max_tokens: int, seed: in
     if scenario == "best_of=4":
         reply = blend.chat(HISTORY, member=member, sampling=sampling | {"best_of": 4})
         assert len(reply.candidates) == 4
-    elif scenario == "4 requests":
+    elif scenario.startswith("4 requests"):
         turns = [
             blend.prepare(HISTORY, member=member, sampling=sampling | {"seed": seed + i})
             for i in range(4)
@@ -70,12 +76,13 @@ def main() -> None:
     from blendrt.demo import DEMO_REWARD_DIR
 
     reward = args.reward_model or DEMO_REWARD_DIR
-    scenarios = ("best_of=1", "best_of=4", "4 requests")
+    scenarios = ("best_of=1", "best_of=4", "4 requests", "4 requests, no prefix cache")
     runs: dict[str, list[dict]] = {s: [] for s in scenarios}
     for r in range(args.repeats):
         for s in scenarios:
             # A fresh blend per run: a cold prefix cache and a clean peak-pages counter.
-            config = EngineConfig(device="cpu", num_pages=512, enable_prefix_caching=True)
+            caching = not s.endswith("no prefix cache")
+            config = EngineConfig(device="cpu", num_pages=512, enable_prefix_caching=caching)
             with Blend(demo_blend_members(), seed=0, config=config, reward_model=reward) as b:
                 runs[s].append(one_turn(b, s, args.member, args.max_tokens, seed=100 + r))
     report = {}
@@ -88,12 +95,14 @@ def main() -> None:
             "scorer_tokens": rows[0]["scorer_tokens"],
             "peak_pages": max(row["peak_pages"] for row in rows),
         }
-    one, four, separate = (report[s] for s in scenarios)
-    report["best_of=4 / 4 requests"] = {
-        "time": four["ms_median"] / separate["ms_median"],
-        "member_prompt_tokens": four["member_prompt_tokens"] / separate["member_prompt_tokens"],
-        "peak_pages": four["peak_pages"] / separate["peak_pages"],
-    }
+    one, four = report["best_of=1"], report["best_of=4"]
+    for s in scenarios[2:]:
+        report[f"best_of=4 / {s}"] = {
+            "time": four["ms_median"] / report[s]["ms_median"],
+            "member_prompt_tokens": four["member_prompt_tokens"]
+            / report[s]["member_prompt_tokens"],
+            "peak_pages": four["peak_pages"] / report[s]["peak_pages"],
+        }
     report["best_of=4 / best_of=1"] = {"time": four["ms_median"] / one["ms_median"]}
     print(json.dumps(report, indent=2))
 

@@ -6,10 +6,11 @@ The scorer is one more model in the engine (`REWARD_MEMBER`), sharing the pool: 
 run as classify requests, batched together, their pages cached like any prompt's (a repeated
 input, e.g. the same history scored again, is not recomputed).
 
-Input format (Chai's reward model card, and blendrt's demo reward model): the conversation
-as text, one line per message, "User: {text}" / "Bot: {text}" (a system message as its
-own first line), the candidate as the last "Bot:" line, tokenized with the scorer's
-tokenizer and truncated from the LEFT to `max_tokens` (256) tokens. The score is the
+Input format (Chai's reward model card, and blendrt's demo reward model,
+blendrt/demo/train_reward.py): the conversation as text, one line per user or assistant
+message, "User: {text}" / "Bot: {text}" (system messages left out), the candidate as the
+last "Bot:" line, tokenized with the scorer's tokenizer and truncated from the LEFT to
+`max_tokens` (256) tokens. The score is the
 probability of `label` (1: a good reply) for a classifier with several labels, the raw
 logit for a one-label regressor.
 """
@@ -59,15 +60,18 @@ class RewardOptions:
 def render_for_scoring(
     conversation: Sequence[Mapping[str, Any]], reply: str, options: RewardOptions
 ) -> str:
-    """The scorer's text for `reply` as the next assistant turn of `conversation`."""
+    """The scorer's text for `reply` as the next assistant turn of `conversation`: user and
+    assistant messages as prefixed lines (each message's whitespace collapsed, so it stays
+    one line), other roles left out, the reply last."""
+    prefixes = {"user": options.user_prefix, "assistant": options.bot_prefix}
     lines = []
-    for message in conversation:
+    for message in [*conversation, {"role": "assistant", "content": reply}]:
+        prefix = prefixes.get(message.get("role"))
+        if prefix is None:
+            continue
         content = message.get("content")
         text = content if isinstance(content, str) else _text_of(content)
-        role = message.get("role")
-        prefix = {"user": options.user_prefix, "assistant": options.bot_prefix}.get(role, "")
-        lines.append(f"{prefix}{text}\n")
-    lines.append(f"{options.bot_prefix}{reply}\n")
+        lines.append(f"{prefix}{' '.join(text.split())}\n")
     return "".join(lines)
 
 

@@ -58,6 +58,22 @@ def test_scores_match_transformers(folders) -> None:
         assert render_for_scoring(HELLO, "hi", b.reward_options).endswith("Bot: hi\n")
 
 
+def test_the_scorers_text_is_the_demo_reward_models_training_format() -> None:
+    from blendrt.demo.train_reward import reward_text
+    from blendrt.reward import RewardOptions
+
+    conv = [
+        {"role": "system", "content": "Ann bakes."},
+        {"role": "user", "content": "Hello  there,\nfriend"},
+        {"role": "assistant", "content": "Hi!"},
+        {"role": "user", "content": [{"type": "text", "text": "a joke?"}]},
+    ]
+    ours = render_for_scoring(conv, "What do  you get?", RewardOptions())
+    plain = [*conv[:3], {"role": "user", "content": "a joke?"}]
+    assert ours == reward_text([*plain, {"role": "assistant", "content": "What do  you get?"}])
+    assert ours == "User: Hello there, friend\nBot: Hi!\nUser: a joke?\nBot: What do you get?\n"
+
+
 def test_best_of_four_prefills_once_and_returns_the_best_scored(folders) -> None:
     with blend(folders, best_of=4) as b:
         reply = b.chat(HELLO, member="vic", sampling={"max_tokens": 8, "seed": 7})

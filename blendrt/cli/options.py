@@ -277,7 +277,7 @@ def build_blend(args: argparse.Namespace, members: Sequence[Member]) -> Blend:
         params = sum(p.numel() for p in model.model.parameters())
         params += sum(q.in_features * q.out_features for q in quantized_linears(model.model))
         print(
-            f"{name}: {model.path} ({model.config.architecture}, {params / 1e6:.1f}M "
+            f"{name}: {model.path} ({model.config.hf_architecture}, {params / 1e6:.1f}M "
             f"parameters, {model.dtype}{model.weight_format}, "
             f"window {blend.engine.max_model_len(name)}, {role})",
             file=sys.stderr,
