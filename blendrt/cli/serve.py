@@ -43,7 +43,73 @@ def add_args(serve: argparse.ArgumentParser) -> None:
         help="seconds live requests may drain after SIGTERM before they are cut short",
     )
     http.add_argument("--log-level", default="info")
+    add_ray_args(serve)
     serve.set_defaults(func=run)
+
+
+def add_ray_args(serve: argparse.ArgumentParser) -> None:
+    ray = serve.add_argument_group(
+        "ray serve (pip install 'blendrt[ray]'): replicas of the whole blend behind one port"
+    )
+    ray.add_argument(
+        "--ray", action="store_true", help="serve on Ray Serve (a local Ray, or --ray-address)"
+    )
+    ray.add_argument(
+        "--ray-address",
+        default=None,
+        help="an existing Ray cluster (auto: the one this node joined; default: start one)",
+    )
+    ray.add_argument("--replicas", type=int, default=1, help="blend replicas (the start size)")
+    ray.add_argument(
+        "--min-replicas", type=int, default=None, help="autoscaling floor (with --max-replicas)"
+    )
+    ray.add_argument(
+        "--max-replicas",
+        type=int,
+        default=None,
+        help="autoscale on queue length between --min-replicas and this",
+    )
+    ray.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=8.0,
+        help="the queue length per replica the autoscaler aims for",
+    )
+    ray.add_argument(
+        "--max-ongoing-requests",
+        type=int,
+        default=64,
+        help="requests a replica takes at once; more wait in Ray's router",
+    )
+    ray.add_argument(
+        "--gpus-per-replica",
+        type=float,
+        default=None,
+        help="GPUs each replica reserves (default: 0 with --device cpu or no GPU in the "
+        "cluster, else 1)",
+    )
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0)
+    ray.add_argument(
+        "--routing",
+        choices=("affinity", "pow2"),
+        default="affinity",
+        help="affinity: a conversation stays on its replica (bounded load); pow2: Ray's "
+        "default power of two choices",
+    )
+    ray.add_argument(
+        "--max-imbalance",
+        type=int,
+        default=4,
+        help="queue length a conversation's replica may have beyond the shortest before "
+        "its request goes elsewhere",
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """`blendrt serve` flags, parsed alone (what a Ray Serve replica builds its blend from)."""
+    parser = argparse.ArgumentParser(prog="blendrt serve")
+    add_args(parser)
+    return parser.parse_args(argv)
 
 
 def is_loopback(host: str) -> bool:
@@ -66,6 +132,8 @@ def bind_warning(host: str, api_key: str | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ray:
+        return run_ray(args)
     import uvicorn
 
     from blendrt.server.app import create_app
@@ -102,4 +170,50 @@ def run(args: argparse.Namespace) -> int:
         server.run()
         if server.drain_seconds is not None:
             print(f"drained in {server.drain_seconds:.2f} s", file=sys.stderr)
+    return 0
+
+
+def run_ray(args: argparse.Namespace) -> int:
+    """`blendrt serve --ray`: the blend on Ray Serve, one ingress on --host:--port."""
+    try:
+        import ray
+    except ImportError:
+        print("blendrt: error: --ray needs Ray Serve: pip install 'blendrt[ray]'", file=sys.stderr)
+        return 2
+    from blendrt.ray_serve.app import deploy
+    from blendrt.ray_serve.config import RayServeOptions
+
+    api_key = args.api_key or os.environ.get("BLENDRT_API_KEY") or None
+    if warning := bind_warning(args.host, api_key):
+        print(warning, file=sys.stderr)
+    ray.init(address=args.ray_address)
+    gpus = args.gpus_per_replica
+    if gpus is None:
+        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        gpus = 1.0 if has_gpu and args.device != "cpu" else 0.0
+    # NOTE: the replicas get the flags (and the key resolved here), not this module's func.
+    flags = {k: v for k, v in vars(args).items() if k != "func"}
+    blend = argparse.Namespace(**{**flags, "api_key": api_key})
+    options = RayServeOptions(
+        blend_namespace=blend,
+        replicas=args.replicas,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests,
+        max_ongoing_requests=args.max_ongoing_requests,
+        gpus_per_replica=gpus,
+        cpus_per_replica=args.cpus_per_replica,
+        router=args.routing,
+        max_imbalance=args.max_imbalance,
+        max_body_bytes=args.max_body_bytes,
+    )
+    print(
+        f"serving the blend on Ray Serve: {args.replicas} replica(s), {gpus:g} GPU each, "
+        f"{args.routing} routing, on http://{args.host}:{args.port}/v1 (replicas: /replicas)",
+        file=sys.stderr,
+    )
+    try:
+        deploy(options, host=args.host, port=args.port, blocking=True)
+    finally:
+        ray.shutdown()
     return 0
