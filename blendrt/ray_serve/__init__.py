@@ -6,7 +6,9 @@ HTTP ingress, each conversation routed to the replica that holds its caches.
 Modules: config (options, no Ray), keys and placement (the conversation key and where it
 goes, no Ray), asgi_call (a replica running the OpenAI app in-process, no Ray), router
 (Ray Serve's RequestRouter), replica, ingress, app (the application and how to start it).
-Importing this package imports nothing of Ray; its names load their modules when used.
+Importing this package imports nothing of Ray, and its names load their modules when used.
+NOTE: every module here imports without Ray (a runtime-only install imports them all); Ray
+is imported where a deployment is built or run, and by `router` when Ray is installed.
 """
 
 from __future__ import annotations

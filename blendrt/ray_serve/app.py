@@ -12,14 +12,14 @@ or, from a shell (a documented `serve run` config):
 from __future__ import annotations
 
 import time
-from typing import Any
-
-from ray import serve
-from ray.serve import Application
+from typing import TYPE_CHECKING, Any
 
 from blendrt.ray_serve.config import RayServeOptions, from_serve_args
-from blendrt.ray_serve.ingress import IngressDeployment
+from blendrt.ray_serve.ingress import BlendIngress
 from blendrt.ray_serve.replica import BlendReplica
+
+if TYPE_CHECKING:
+    from ray.serve import Application
 
 #: Replicas get this long to finish live requests when they are stopped (scale-down,
 #: redeploy, shutdown); then their streams end with an error event.
@@ -29,6 +29,8 @@ HEALTH_CHECK_PERIOD_S = 5.0
 
 def blend_application(options: RayServeOptions) -> Application:
     """The bound application: `serve.run` it (route_prefix "/")."""
+    from ray import serve
+
     resources: dict[str, Any] = {"num_cpus": options.cpus_per_replica}
     if options.gpus_per_replica:
         resources["num_gpus"] = options.gpus_per_replica
@@ -45,7 +47,7 @@ def blend_application(options: RayServeOptions) -> Application:
         graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S,
     )
     ingress = serve.deployment(
-        IngressDeployment,
+        serve.ingress()(BlendIngress),  # its ASGI app: BlendIngress.__serve_build_asgi_app__
         name="BlendIngress",
         num_replicas=options.ingress_replicas,
         # NOTE: the ingress only forwards; it queues what the replicas have no room for.
@@ -63,6 +65,8 @@ def build(args: dict[str, str]) -> Application:
 def deploy(options: RayServeOptions, *, host: str, port: int, blocking: bool = False) -> None:
     """Starts Serve's HTTP proxy on host:port and deploys the blend (Ray must be up:
     ray.init()); with blocking, waits until interrupted, then shuts Serve down."""
+    from ray import serve
+
     serve.start(http_options={"host": host, "port": port})
     serve.run(blend_application(options), name=options.app_name, route_prefix="/")
     if not blocking:

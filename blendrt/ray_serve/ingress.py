@@ -17,11 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -33,9 +30,11 @@ from blendrt.ray_serve.keys import conversation_key
 from blendrt.ray_serve.registry import router_for
 from blendrt.server.body_limit import BodyLimitMiddleware
 
+if TYPE_CHECKING:
+    from ray.serve.handle import DeploymentHandle
+
 logger = logging.getLogger("blendrt.ray_serve")
 
-REPLICA_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 PINNED_TIMEOUT_S = 10.0  # a request for one replica's metrics waits at most this long
 LOST_MESSAGE = "the replica serving this request went away; retry (another replica takes it)"
 
@@ -80,6 +79,9 @@ class Forwarder:
         await self.forward(request, key, send)
 
     async def forward(self, request: ForwardedRequest, key: str | None, send: Any) -> None:
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        lost = (RayActorError, ActorDiedError, ActorUnavailableError)
         started = streaming = False
         for attempt in (1, 2):
             stream = self.handle.handle_http.remote(request, conversation=key)
@@ -92,7 +94,7 @@ class Forwarder:
                     await send(message)
                 finished = True
                 return
-            except REPLICA_LOST as e:
+            except lost as e:
                 logger.warning("replica lost on %s (attempt %d): %s", request.path, attempt, e)
                 if started:
                     await self._end_cut(send, streaming)
@@ -177,6 +179,3 @@ class BlendIngress:
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_ingress_app(self.replicas, self.options)
-
-
-IngressDeployment = serve.ingress()(BlendIngress)

@@ -16,8 +16,6 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ray import serve
-
 from blendrt.ray_serve.asgi_call import ForwardedRequest, Message, call_asgi
 from blendrt.ray_serve.config import RayServeOptions
 
@@ -54,6 +52,8 @@ class BlendReplica:
             served_model_name=args.served_model_name,
         )
         self.state = self.app.state.blendrt
+        from ray import serve
+
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self._header = (REPLICA_HEADER.encode(), self.replica_id.encode())
 

@@ -24,17 +24,18 @@ replica, and a new replica takes only its share.
 from __future__ import annotations
 
 import random
-from typing import Any
-
-from ray.serve.request_router import (
-    PendingRequest,
-    ReplicaID,
-    RequestRouter,
-    RunningReplica,
-)
+from typing import TYPE_CHECKING, Any
 
 from blendrt.ray_serve import registry
 from blendrt.ray_serve.placement import DEFAULT_MAX_IMBALANCE, bounded_order, rank
+
+if TYPE_CHECKING:
+    from ray.serve.request_router import PendingRequest, ReplicaID, RunningReplica
+
+try:
+    from ray.serve.request_router import RequestRouter
+except ImportError:  # NOTE: a runtime-only install imports every module; this class needs Ray
+    RequestRouter = object  # type: ignore[assignment,misc]
 
 CONVERSATION_KWARG = "conversation"
 REPLICA_KWARG = "replica"
