@@ -11,6 +11,7 @@ or, from a shell (a documented `serve run` config):
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,8 @@ def blend_application(options: RayServeOptions) -> Application:
         num_replicas=options.ingress_replicas,
         # NOTE: the ingress only forwards; it queues what the replicas have no room for.
         max_ongoing_requests=max(1024, 4 * options.max_ongoing_requests * options.replicas),
-        ray_actor_options={"num_cpus": 0.25},
+        # NOTE: no CPU reserved (as Serve's own proxy): `--replicas N` on N cores still fits.
+        ray_actor_options={"num_cpus": 0},
     )
     return ingress.bind(replicas.bind(options), options)
 
@@ -71,6 +73,7 @@ def deploy(options: RayServeOptions, *, host: str, port: int, blocking: bool = F
     serve.run(blend_application(options), name=options.app_name, route_prefix="/")
     if not blocking:
         return
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM shuts down as Ctrl-C does
     try:
         while True:
             time.sleep(3600)
@@ -78,3 +81,7 @@ def deploy(options: RayServeOptions, *, host: str, port: int, blocking: bool = F
         pass
     finally:
         serve.shutdown()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
