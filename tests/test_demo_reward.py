@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from blendrt.demo import DEMO_REWARD_DIR
-from blendrt.demo.train_reward import MAX_TOKENS, is_held_out, reward_text
+from blendrt.demo.reward_data import MAX_TOKENS, is_held_out, reward_text
 
 transformers = pytest.importorskip("transformers")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import random
 import shutil
 import time
@@ -36,6 +35,7 @@ from blendrt.demo.data import (
     tokenizer_texts,
 )
 from blendrt.demo.evaluate import corpus_loss, greedy_reply, model_card
+from blendrt.demo.training import Stepper
 from blendrt.tokenizer.formats import get_chat_format
 from blendrt.tokenizer.tokenizer import load_tokenizer
 
@@ -226,15 +226,18 @@ def train(
     seed: int,
 ) -> float:
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.1)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min((s + 1) / warmup, 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / steps))),
+    stepper = Stepper(
+        model,
+        steps,
+        lr=spec.lr,
+        betas=(0.9, 0.95),
+        weight_decay=0.1,
+        ema_weight=0.02,
+        label=f"{spec.name} ",
     )
     model.train()
-    ema, start, batches = None, time.perf_counter(), []
-    for step in range(steps):
+    batches: list = []
+    for _ in range(steps):
         if not batches:  # batches of similar lengths: little padding
             pool = sorted(
                 (render(session(rng, convs), MAX_LEN) for _ in range(BATCH * 8)),
@@ -242,20 +245,8 @@ def train(
             )
             batches = [pool[i : i + BATCH] for i in range(0, len(pool), BATCH)]
             rng.shuffle(batches)
-        loss = batch_loss(model, batches.pop())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if step % 100 == 0 or step == steps - 1:
-            print(
-                f"  {spec.name} step {step:4d}/{steps} loss {loss.item():.3f} ema {ema:.3f} "
-                f"({time.perf_counter() - start:.0f}s)",
-                flush=True,
-            )
-    return float(ema)
+        stepper.step(batch_loss(model, batches.pop()))
+    return float(stepper.ema)
 
 
 def make_member(spec: Spec, folder: Path, convs: list[Conversation], args: Any) -> dict:

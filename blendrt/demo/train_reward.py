@@ -5,21 +5,9 @@ best-of-N; about 40 s on 2 cores.
     pip install chatterbot-corpus pyyaml transformers
     python -m blendrt.demo.train_reward [--out DIR] [--seed N] [--steps N]
 
-The signal is Chai's: a reply that makes the user retry it or end the conversation is bad.
-The chatterbot-corpus dialogues give the good replies (the real next reply of a conversation
-prefix); the bad ones are built from them, one per good reply, on the same prefix:
-
-* ``off_topic``: a real reply taken from another dialogue, so fluent but beside the point;
-* ``short``: an empty or noncommittal reply ("", "ok", "idk", "..."), never a corpus reply;
-* ``echo``: the user's last message repeated back;
-* ``mangled``: the real reply with its words shuffled, its letters scrambled, a word looped,
-  or random letters.
-
-Input format (`REWARD_FORMAT`, `reward_text`): the conversation as text, one line per message,
-``User: {text}\\n`` or ``Bot: {text}\\n`` (whitespace inside a message collapsed to single
-spaces), the candidate reply as the last ``Bot:`` line; tokenized with no special tokens and
-truncated from the LEFT to `MAX_TOKENS` (256) tokens; the score is the model's output at the
-last token, label 1's probability softmax(logits)[1].
+The data (real chatterbot-corpus replies against off-topic, short, echoed and mangled ones),
+the input format (`REWARD_FORMAT`, `reward_text`, `MAX_TOKENS`, re-exported here) and the
+held-out split are `blendrt.demo.reward_data`'s.
 
 The folder gets config.json, float16 model.safetensors, the byte-level BPE tokenizer
 (tokenizer.json, tokenizer_config.json with truncation_side "left" and model_max_length 256)
@@ -30,12 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import shutil
-import string
 import time
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,26 +35,29 @@ from blendrt.demo.data import (
     Conversation,
     load_conversations,
 )
+from blendrt.demo.reward_data import (
+    FILLERS,
+    HELD_OUT_MOD,
+    HISTORY_P,
+    MAX_HISTORY,
+    MAX_TOKENS,
+    NEGATIVE_KINDS,
+    REWARD_FORMAT,
+    copy_tokenizer,
+    encode,
+    examples,
+    is_held_out,
+    pad,
+    reward_text,
+    train_tokenizer,
+)
+from blendrt.demo.training import Stepper
 
-#: One line per message; the candidate reply is the last "Bot:" line.
-USER_LINE = "User: {text}\n"
-BOT_LINE = "Bot: {text}\n"
-REWARD_FORMAT = {"user": USER_LINE, "assistant": BOT_LINE}
-#: Inputs are truncated from the left (the oldest messages go first) to this many tokens.
-MAX_TOKENS = 256
-#: Kinds of bad replies, in the order the model card reports them.
-NEGATIVE_KINDS = ("off_topic", "short", "echo", "mangled")
-#: Noncommittal replies that end a conversation (none of them is a corpus reply).
-FILLERS = ("", ".", "?", "...", "ok", "k", "hm", "lol", "idk", "what", "sure", "Ok.", "mhm")
-#: Held-out dialogues: those whose first user message hashes to 0 mod this.
-HELD_OUT_MOD = 10
+__all__ = ["MAX_TOKENS", "REWARD_FORMAT", "is_held_out", "main", "reward_text"]
+
 #: Default model, training and data sizes.
 MODEL = dict(n_embd=96, n_layer=2, n_head=4)
-VOCAB = 1024
 STEPS, BATCH, LR, DROPOUT = 700, 32, 3e-3, 0.0
-#: A share HISTORY_P of the inputs follow 1..MAX_HISTORY other dialogues (a long, mixed
-#: history as in a blend); the others are one dialogue alone (short: fast to train on).
-HISTORY_P, MAX_HISTORY = 0.3, 3
 #: The loss: cross-entropy plus PAIR_WEIGHT x the pairwise (Bradley-Terry) loss of the
 #: reward logit(good) - logit(bad) of the real reply over the bad one.
 PAIR_WEIGHT = 1.0
@@ -78,142 +66,6 @@ PAIR_WEIGHT = 1.0
 #: prediction on the same corpus, which the reward model could not learn in seconds. None:
 #: a tokenizer of its own and a random init.
 EMBED_FROM: str | None = "ann"
-
-
-def reward_text(messages: Sequence[dict[str, Any]]) -> str:
-    """The scorer's input text of a conversation whose last message is the candidate reply:
-    ``User: ...\\n`` / ``Bot: ...\\n`` lines of the user and assistant messages (others are
-    left out), each message's whitespace collapsed. Truncating it to `MAX_TOKENS` from the
-    left is the tokenizer's job (its truncation_side is "left")."""
-    lines = []
-    for m in messages:
-        line = REWARD_FORMAT.get(m.get("role", ""))
-        if line is not None:
-            lines.append(line.format(text=" ".join(str(m.get("content") or "").split())))
-    return "".join(lines)
-
-
-def is_held_out(conv: Conversation) -> bool:
-    """The fixed held-out split (independent of --seed): by the first user message, so that
-    no held-out question was seen in training with another answer."""
-    return zlib.crc32(conv[0].lower().encode("utf-8")) % HELD_OUT_MOD == 0
-
-
-def mangle(rng: random.Random, reply: str) -> str:
-    words = reply.split()
-    how = rng.randrange(4)
-    if how == 0 and len(set(words)) >= 2:  # words shuffled
-        out = words[:]
-        while out == words:
-            rng.shuffle(out)
-        return " ".join(out)
-    if how == 1 and words:  # letters scrambled inside each word
-        return " ".join("".join(rng.sample(w, len(w))) for w in words)
-    if how == 2 and words:  # a word looped, as a degenerate sampler does
-        return " ".join([rng.choice(words)] * rng.randint(4, 12))
-    n = rng.randint(3, 10)  # random letters
-    return " ".join(
-        "".join(rng.choices(string.ascii_lowercase, k=rng.randint(1, 8))) for _ in range(n)
-    )
-
-
-def negative(
-    rng: random.Random, kind: str, prefix: Conversation, reply: str, others: Sequence[str]
-) -> str:
-    if kind == "off_topic":
-        while True:
-            other = rng.choice(others)
-            if other.lower() != reply.lower():
-                return other
-    if kind == "short":
-        return rng.choice(FILLERS)
-    if kind == "echo":
-        return prefix[-1]
-    return mangle(rng, reply)
-
-
-def examples(
-    rng: random.Random,
-    convs: Sequence[Conversation],
-    contexts: Sequence[Conversation],
-    every_kind: bool = False,
-) -> list[tuple[str, int, str]]:
-    """(text, label, kind) pairs: for every bot turn of every dialogue, the real reply (label
-    1, kind "real") and one bad reply (label 0, the kinds of NEGATIVE_KINDS in turn), on the
-    same prefix; a share HISTORY_P of the prefixes follow 1..MAX_HISTORY random dialogues of
-    `contexts`. every_kind: one pair per kind of bad reply (for evaluation)."""
-    replies = sorted({t for c in convs for t in c[1::2]})
-    out = []
-    n = rng.randrange(len(NEGATIVE_KINDS))
-    for conv in convs:
-        for i in range(1, len(conv), 2):
-            history: Conversation = []
-            k = rng.randint(1, MAX_HISTORY) if rng.random() < HISTORY_P else 0
-            for _ in range(k):
-                c = rng.choice(contexts)
-                history += c[: len(c) // 2 * 2]
-            prefix = history + conv[:i]
-            kinds = NEGATIVE_KINDS if every_kind else [NEGATIVE_KINDS[n % len(NEGATIVE_KINDS)]]
-            n += 1
-            for kind in kinds:
-                bad = negative(rng, kind, conv[:i], conv[i], replies)
-                for reply, label, k in ((conv[i], 1, "real"), (bad, 0, kind)):
-                    turns = [*prefix, reply]
-                    msgs = [
-                        {"role": ("user", "assistant")[j % 2], "content": t}
-                        for j, t in enumerate(turns)
-                    ]
-                    out.append((reward_text(msgs), label, k))
-    return out
-
-
-def train_tokenizer(folder: Path, convs: Sequence[Conversation]) -> Any:
-    """A GPT-2 style byte-level BPE tokenizer trained on the corpus in the reward format."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=["<|endoftext|>", "<|padding|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    lines = [
-        reward_text([{"role": r, "content": t}])
-        for c in convs
-        for r, t in zip(("user", "assistant") * len(c), c, strict=False)
-    ]
-    tok.train_from_iterator(lines, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-        pad_token="<|padding|>",
-        model_max_length=MAX_TOKENS,
-        truncation_side="left",
-    )
-    fast.save_pretrained(folder)
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # transformers 4 and 5 know this name
-    config["truncation_side"] = "left"
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return fast
-
-
-def copy_tokenizer(folder: Path, member: str) -> Any:
-    """A demo member's byte-level BPE tokenizer, with left truncation to MAX_TOKENS."""
-    from transformers import PreTrainedTokenizerFast
-
-    src = MEMBERS_DIR / member
-    shutil.copy(src / "tokenizer.json", folder / "tokenizer.json")
-    config = json.loads((src / "tokenizer_config.json").read_text())
-    config.update(model_max_length=MAX_TOKENS, truncation_side="left")
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return PreTrainedTokenizerFast.from_pretrained(folder)
 
 
 def member_embeddings(member: str, dim: int) -> torch.Tensor:
@@ -226,21 +78,6 @@ def member_embeddings(member: str, dim: int) -> torch.Tensor:
     u, sv, _ = torch.linalg.svd(w, full_matrices=False)
     e = u[:, :dim] * sv[:dim]
     return (e * (0.04 / e.std())).float()
-
-
-def encode(tok: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids, left-truncated to MAX_TOKENS (the tokenizer's truncation side), no special
-    tokens."""
-    enc = tok(list(texts), add_special_tokens=False, truncation=True, max_length=MAX_TOKENS)
-    return enc["input_ids"]
-
-
-def pad(batch: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded input_ids and attention_mask."""
-    width = max(len(ids) for ids in batch)
-    ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids in batch])
-    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in batch])
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 @torch.no_grad()
@@ -288,15 +125,10 @@ def train(
     the final loss (EMA) and the number of inputs seen."""
     rng = random.Random(seed)
     pad_id, seen = tok.pad_token_id, 0
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.98), weight_decay=0.05)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min((s + 1) / warmup, 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / steps))),
-    )
+    stepper = Stepper(model, steps, lr=LR, betas=(0.9, 0.98), weight_decay=0.05, ema_weight=0.05)
     model.train()
-    ema, start, batches = None, time.perf_counter(), []
-    for step in range(steps):
+    batches: list = []
+    for _ in range(steps):
         if not batches:
             data = examples(rng, convs, convs)
             ids = encode(tok, [t for t, _, _ in data])
@@ -313,20 +145,8 @@ def train(
         loss = torch.nn.functional.cross_entropy(logits, torch.tensor([labels[j] for j in chosen]))
         reward = logits[:, 1] - logits[:, 0]
         pair = -torch.nn.functional.logsigmoid(reward[0::2] - reward[1::2]).mean()
-        loss = loss + PAIR_WEIGHT * pair
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
-        if step % 100 == 0 or step == steps - 1:
-            print(
-                f"  step {step:4d}/{steps} loss {loss.item():.3f} ema {ema:.3f} "
-                f"({time.perf_counter() - start:.0f}s)",
-                flush=True,
-            )
-    return float(ema), seen
+        stepper.step(loss + PAIR_WEIGHT * pair)
+    return float(stepper.ema), seen
 
 
 def model_card(info: dict[str, Any]) -> str:
