@@ -73,27 +73,43 @@ def test_killed_replica_fails_over_and_rejoins(local_serve) -> None:
     start = time.monotonic()
     events = [line.strip() for line in response if line.strip()]  # to EOF: no hang
     conn.close()
-    assert time.monotonic() - start < STREAM_TIMEOUT_S
+    cut_s = time.monotonic() - start
+    assert cut_s < STREAM_TIMEOUT_S
     assert events[-1] == b"data: [DONE]", events[-3:]
     error = json.loads(events[-2][len(b"data: ") :])["error"]
     assert error["code"] == "replica_lost", error
 
     # Every conversation goes on: the victim's elsewhere, the survivor's where they were.
+    tries = {}
     for k in keys:
         answer, attempts = turn(base, k, "and then?")
+        tries[k] = attempts
         assert answer.status == 200 and answer.error is None, (k, answer, attempts)
         assert answer.replica != victim
-        if home[k] != victim:
-            assert answer.replica == home[k]  # consistent placement: nothing else moves
+        if home[k] != victim:  # consistent placement: it stays, unless the replacement
+            # replica is already up and takes it (about 1/N of every replica's keys)
+            assert answer.replica == home[k] or answer.replica not in home.values()
 
     # The replacement comes up under a new id and takes its share of new conversations.
+    killed_at = start
     deadline = time.monotonic() + REJOIN_TIMEOUT_S
     while True:
         live = {r["replica"] for r in replicas(base, want_pids=False)}
         if len(live) == 2 and victim not in live:
+            rejoined = time.monotonic()
             break
         assert time.monotonic() < deadline, f"no replacement replica: {live}"
         time.sleep(1.0)
     (new,) = live - set(home.values())
-    served = {turn(base, f"new-{i}", "hi")[0].replica for i in range(12)}
+    servers = [turn(base, f"new-{i}", "hi")[0].replica for i in range(12)]
+    served, served_new = set(servers), servers.count(new)
     assert new in served, (new, served)
+    moved = [k for k in keys if home[k] == victim]
+    outcome = {
+        "stream_cut_after_s": round(cut_s, 2),
+        "victim_conversations": len(moved),
+        "attempts_per_turn_after_kill": tries,
+        "rejoined_after_s": round(rejoined - killed_at, 1),
+        "new_conversations_on_new_replica": f"{served_new}/12",
+    }
+    print(json.dumps(outcome))
