@@ -20,10 +20,26 @@ PACKAGE = Path(blendrt.__file__).parent
 LAYERS = [
     (
         "apps",
-        ["blendrt.__main__", "blendrt.cli", "blendrt.server", "blendrt.bench", "blendrt.demo"],
+        [
+            "blendrt.__main__",
+            "blendrt.cli",
+            "blendrt.server",
+            "blendrt.bench",
+            "blendrt.demo",
+            "blendrt.ray_serve",
+        ],
     ),
     ("blend", ["blendrt.blend", "blendrt.blend_stream"]),
-    ("turns", ["blendrt.prepare", "blendrt.truncation", "blendrt.turn", "blendrt.policy"]),
+    (
+        "turns",
+        [
+            "blendrt.prepare",
+            "blendrt.truncation",
+            "blendrt.turn",
+            "blendrt.policy",
+            "blendrt.reward",
+        ],
+    ),
     ("engine", ["blendrt.engine", "blendrt.plan", "blendrt.plan_search"]),
     (
         "scheduler",

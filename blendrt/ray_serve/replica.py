@@ -27,7 +27,7 @@ def blend_namespace(options: RayServeOptions) -> argparse.Namespace:
     """The `blendrt serve` flags the replica builds its blend and server from."""
     if options.blend_namespace is not None:
         return options.blend_namespace
-    from blendrt.cli.serve import parse_args
+    from blendrt.cli.serve_args import parse_args
 
     return parse_args(options.blend_args)
 
