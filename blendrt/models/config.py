@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from blendrt.models.rope import RopeConfig
+from blendrt.models.rope_config import RopeConfig
 
 #: {HF architecture name: blendrt family (one model file each)}
 ARCHITECTURES = {

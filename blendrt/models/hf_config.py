@@ -23,7 +23,8 @@ from blendrt.models.config import (
     serving_window,
     supported_architectures,
 )
-from blendrt.models.rope import RopeConfig, rope_from_hf
+from blendrt.models.rope_config import RopeConfig
+from blendrt.models.rope_hf import rope_from_hf
 
 Hf = dict[str, Any]
 

@@ -18,12 +18,8 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
 
-from blendrt.models.rope import (
-    RopeConfig,
-    rope_attention_factor,
-    rope_from_hf,
-    rope_inv_freq,
-)
+from blendrt.models.rope import RopeConfig, rope_attention_factor, rope_inv_freq
+from blendrt.models.rope_hf import rope_from_hf
 
 HEADS = 4
 
