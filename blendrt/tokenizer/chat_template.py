@@ -6,7 +6,9 @@ Templates come from model folders and are untrusted: they render in `template_sa
 
 The segment of message k is render(messages[:k+1]) minus render(messages[:k]) as text, and the
 generation opening is render(msgs, add_generation_prompt=True) minus render(msgs); a rendering
-that does not extend the previous one raises ValueError (the template is not append-only). An
+that does not extend the previous one raises ValueError (the template is not append-only); an
+EOS that only ends the conversation (Phi-3 writes it without a generation prompt, drops it
+once more follows) is left out of both and rendered after the last message. An
 assistant segment must begin with the opening; what follows is split into content (the
 message's text, or the template's trimmed text of it, behind at most whitespace) and closing.
 Text at the start, or right after a special token, is tokenized as in a whole text (a
@@ -133,6 +135,22 @@ class TemplateChatFormat(ChatFormat):
                 ) from None
         return ctx.texts[key]
 
+    def _body(self, ctx: _Render, messages: Sequence[Message], n: int) -> str:
+        """The text of messages[:n] without the generation prompt, less a trailing EOS the
+        template writes only where the conversation ends: Phi-3 ends a history with
+        ``eos_token`` when add_generation_prompt is false and drops it once a message or the
+        generation prompt follows. That EOS is left to `_tail`, not to the last message."""
+        text = self._text(ctx, messages, n, False)
+        eos = self.tokenizer.eos_token
+        if not eos or not text.endswith(eos):
+            return text
+        try:
+            gen = self._text(ctx, messages, n, True)
+        except ValueError:  # the template refuses a generation prompt here: keep the EOS
+            return text
+        body = text[: -len(eos)]
+        return body if not gen.startswith(text) and gen.startswith(body) else text
+
     def _follow(self, prev: str, text: str) -> Part:
         """`text` as it tokenizes after `prev` in a whole text: at the start, or after a
         special token, as a Lead (the tokenizer splits there); else as a continuation."""
@@ -149,27 +167,27 @@ class TemplateChatFormat(ChatFormat):
 
     def _opening_text(self, history: Sequence[Message], n: int, ctx: _Render) -> str:
         """The generation prompt after history[:n], with the whitespace that ends it."""
-        base = self._text(ctx, history, n, False)
+        base = self._body(ctx, history, n)
         gen = self._text(ctx, history, n, True)
         _delta(base, gen, "the generation prompt")
         return gen[len(base.rstrip()) :]
 
     def _opening(self, history: Sequence[Message], ctx: _Render) -> list[Part]:
-        base = self._text(ctx, history, len(history), False).rstrip()
+        base = self._body(ctx, history, len(history)).rstrip()
         return [self._follow(base, self._opening_text(history, len(history), ctx))]
 
     def _tail(self, messages: Sequence[Message], ctx: _Render, add_generation_prompt: bool):
         if add_generation_prompt:
             return self._opening(messages, ctx)
         text = self._text(ctx, messages, len(messages), False)
-        end = len(text.rstrip())
+        end = len(self._body(ctx, messages, len(messages)).rstrip())
         return [self._follow(text[:end], text[end:])] if end < len(text) else []
 
     def _parts(self, messages: Sequence[Message], i: int, ctx: _Render):
         # NOTE: no BOS of our own: apply_chat_template tokenizes without special tokens, so
         # BOS is there exactly when the template writes it.
-        prev = self._text(ctx, messages, i, False)
-        cur = self._text(ctx, messages, i + 1, False)
+        prev = self._body(ctx, messages, i)
+        cur = self._body(ctx, messages, i + 1)
         _delta(prev, cur, f"message {i}")
         start, end = len(prev.rstrip()), len(cur.rstrip())
         before, segment = cur[:start], cur[start:end]

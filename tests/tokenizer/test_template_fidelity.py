@@ -156,3 +156,35 @@ def test_gemma3_folds_the_system_prompt_and_stays_append_only(request, tmp_path:
         fmt.render(conv[:k], add_generation_prompt=conv[k - 1]["role"] != "assistant")
     assert fmt.num_whole_renders == 0
     assert fmt.stop_strings == ["<end_of_turn>"]
+
+
+@pytest.mark.parametrize("kind", CASES["phi-3"])
+def test_phi3_trailing_eos_stays_append_only(request, tmp_path: Path, kind: str) -> None:
+    """Phi-3 ends a history with EOS when add_generation_prompt is false and drops it once
+    a message or the generation prompt follows: that EOS ends the conversation, it is not
+    part of the last message, so histories still render message by message and the probe
+    reply's closing <|end|> is the stop string."""
+    from transformers import AutoTokenizer
+
+    text = (TEMPLATES / "phi-3.jinja").read_text(encoding="utf-8")
+    folder = folder_with_template(request.getfixturevalue(kind), tmp_path / "t", text)
+    tok, hf = load_tokenizer(folder), AutoTokenizer.from_pretrained(str(folder))
+    fmt = get_chat_format(tok)
+    assert fmt.stop_strings == ["<|end|>"]
+    conv = [SYSTEM, *TURNS, {"role": "assistant", "content": "De rien!"}]
+    for k in range(1, len(conv) + 1):
+        for gen in (False, True):
+            want = _reference(hf, conv[:k], gen)
+            assert fmt.render(conv[:k], add_generation_prompt=gen) == want, (k, gen)
+    assert fmt.num_whole_renders == 0
+    segments = fmt.segments(conv)
+    opening = fmt.generation_prompt_ids(conv[:-1])
+    suffix = fmt.reply_suffix_ids(conv)
+    assert tok.decode(suffix) == "<|end|>"
+    assert segments[-1].opening == tuple(opening)
+    assert segments[-1].closing == tuple(suffix)
+    whole = fmt.render(conv, add_generation_prompt=False)
+    ids = [t for s in segments for t in s.ids]
+    assert whole[: len(ids)] == ids
+    assert tok.decode(whole[len(ids) :]).strip() == tok.eos_token  # the conversation's end
+    assert fmt.num_whole_renders == 0
