@@ -34,10 +34,16 @@ class ChoosesMember(Protocol):
 def conversation_rng(seed: int, conversation: Sequence[Mapping[str, Any]] | None) -> random.Random:
     """A generator for this seed and conversation (roles and text only: ids the caller may
     attach do not change the draw)."""
+    # NOTE: long texts are hashed as bytes (hashlib releases the GIL past 2 KiB), never
+    # re-serialized: a 4 MiB message must not hold the server's event loop.
     digest = hashlib.sha256(str(seed).encode())
     for message in conversation or ():
-        text = json.dumps([message.get("role"), message.get("content")], sort_keys=True)
-        digest.update(text.encode())
+        content = message.get("content")
+        if not isinstance(content, str):
+            content = json.dumps(content, sort_keys=True)
+        for part in (str(message.get("role")), content):
+            digest.update(len(part).to_bytes(8, "little"))
+            digest.update(part.encode("utf-8", "surrogatepass"))
     return random.Random(int.from_bytes(digest.digest()[:8], "little"))
 
 
