@@ -173,12 +173,11 @@ class TurnCollector:
                 )
             )
         generated = sum(f.num_output_tokens for f in self._finals if f is not None)
-        if turn.rank_by_reward:
-            pass  # every candidate kept for the reward model (Blend.rank cuts to n)
-        elif turn.sampling.best_of and turn.sampling.best_of > turn.sampling.n:
-            candidates.sort(key=lambda c: -c.cumulative_logprob)
-            candidates = candidates[: turn.sampling.n]
-        else:
+        # A reward-ranked turn keeps every candidate (Blend.rank scores and orders them all);
+        # otherwise best_of keeps the n most likely.
+        if not turn.rank_by_reward:
+            if turn.sampling.best_of and turn.sampling.best_of > turn.sampling.n:
+                candidates.sort(key=lambda c: -c.cumulative_logprob)
             candidates = candidates[: turn.sampling.n]
         for c in candidates:
             self.memory.remember(turn.member, c.text, c.token_ids)

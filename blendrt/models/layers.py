@@ -148,13 +148,9 @@ class PagedAttention(nn.Module):
             q, k, v, kv.k_caches[i], kv.v_caches[i], ctx.attn, self.scale,
             None if kv.k_scales is None else kv.k_scales[i],
             None if kv.v_scales is None else kv.v_scales[i],
-            **_window_args(self.window, self.softcap),
+            window=self.window, softcap=self.softcap,
         )  # fmt: skip
         return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
-
-
-def _window_args(window: int, softcap: float) -> dict:
-    return {"window": window, "softcap": softcap} if window or softcap else {}
 
 
 def gelu_new(x: torch.Tensor) -> torch.Tensor:
